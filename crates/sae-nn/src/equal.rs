@@ -1,0 +1,223 @@
+//! Equalized learning-rate layers (spec 1.3).
+//!
+//! Weights are stored raw (`N(0, 1)` at init) and scaled by `1/√fan_in` on every forward, so
+//! Adam sees the same parameters as the official code and an official checkpoint loads as is.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+
+use crate::act::fused_leaky_relu;
+use crate::shape::{check_channels, check_nonempty};
+
+/// Configuration of an [`EqualConv2d`].
+#[derive(Config, Debug)]
+pub struct EqualConv2dConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Square kernel side.
+    pub kernel_size: usize,
+    /// Stride on both axes.
+    #[config(default = 1)]
+    pub stride: usize,
+    /// Symmetric zero padding on both axes.
+    #[config(default = 0)]
+    pub padding: usize,
+    /// Whether the conv has a bias (initialised to zero).
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+impl EqualConv2dConfig {
+    /// Weights `N(0, 1)`, bias zero.
+    pub fn init(&self, device: &Device) -> EqualConv2d {
+        let k = self.kernel_size;
+        let weight = Tensor::random(
+            [self.out_channels, self.in_channels, k, k],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        );
+        EqualConv2d {
+            weight: Param::from_tensor(weight),
+            bias: self
+                .bias
+                .then(|| Param::from_tensor(Tensor::zeros([self.out_channels], device))),
+            stride: self.stride,
+            padding: self.padding,
+            scale: 1.0 / ((self.in_channels * k * k) as f64).sqrt(),
+        }
+    }
+}
+
+/// The official `EqualConv2d`: `conv2d(x, weight · 1/√(in·k²), bias, stride, padding)`.
+/// State keys: `weight` `[out, in, k, k]`, `bias` `[out]`.
+#[derive(Module, Debug)]
+pub struct EqualConv2d {
+    /// Raw weight, shape `[out, in, k, k]`.
+    pub weight: Param<Tensor<4>>,
+    /// Optional bias, shape `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// Stride on both axes.
+    pub stride: usize,
+    /// Symmetric zero padding.
+    pub padding: usize,
+    /// Runtime equalized-lr scale `1/√(in·k²)`.
+    pub scale: f64,
+}
+
+impl EqualConv2d {
+    /// The weight as the convolution uses it (scaled).
+    pub fn scaled_weight(&self) -> Tensor<4> {
+        self.weight.val() * self.scale
+    }
+
+    /// Applies the convolution.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, in, h, w]`
+    /// - output: `[batch, out, (h + 2p − k)/s + 1, (w + 2p − k)/s + 1]`
+    ///
+    /// # Panics
+    /// If `x` has the wrong number of channels or a zero-size dimension.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, cin, k, _] = self.weight.dims();
+        check_channels("EqualConv2d", "x", &x.dims(), cin);
+        let [_, _, h, w] = x.dims();
+        assert!(
+            h + 2 * self.padding >= k && w + 2 * self.padding >= k,
+            "EqualConv2d: input {:?} is smaller than the {k}x{k} kernel (padding {})",
+            x.dims(),
+            self.padding
+        );
+        let (s, p) = (self.stride, self.padding);
+        conv2d(
+            x,
+            self.scaled_weight(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new([s, s], [p, p], [1, 1], 1),
+        )
+    }
+}
+
+/// Configuration of an [`EqualLinear`].
+#[derive(Config, Debug)]
+pub struct EqualLinearConfig {
+    /// Input features.
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+    /// Whether the layer has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+    /// Initial value of every bias entry (1 for the modulation layers, 0 elsewhere).
+    #[config(default = 0.0)]
+    pub bias_init: f64,
+    /// Learning-rate multiplier (1 in every SAE layer; kept for StyleGAN2 parity).
+    #[config(default = 1.0)]
+    pub lr_mul: f64,
+    /// Apply the fused `√2`-leaky-ReLU (the official `activation='fused_lrelu'`).
+    #[config(default = false)]
+    pub activation: bool,
+}
+
+impl EqualLinearConfig {
+    /// Weights `N(0, 1)/lr_mul`, bias `bias_init`.
+    pub fn init(&self, device: &Device) -> EqualLinear {
+        let weight = Tensor::random(
+            [self.out_features, self.in_features],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        ) / self.lr_mul;
+        EqualLinear {
+            weight: Param::from_tensor(weight),
+            bias: self.bias.then(|| {
+                Param::from_tensor(Tensor::full([self.out_features], self.bias_init, device))
+            }),
+            scale: self.lr_mul / (self.in_features as f64).sqrt(),
+            lr_mul: self.lr_mul,
+            activation: self.activation,
+        }
+    }
+}
+
+/// The official `EqualLinear`. State keys: `weight` `[out, in]` (PyTorch layout, unlike
+/// `burn::nn::Linear`), `bias` `[out]`.
+///
+/// Implemented with `matmul` (2-D input) or a 1×1 `conv2d` (4-D input, the per-pixel path of the
+/// spatially varying style), never Burn's fused `linear`, so that it can be differentiated twice.
+#[derive(Module, Debug)]
+pub struct EqualLinear {
+    /// Raw weight, shape `[out, in]`.
+    pub weight: Param<Tensor<2>>,
+    /// Optional bias, shape `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// Runtime scale `lr_mul/√in`.
+    pub scale: f64,
+    /// Learning-rate multiplier applied to the bias.
+    pub lr_mul: f64,
+    /// Whether the fused `√2`-leaky-ReLU follows.
+    pub activation: bool,
+}
+
+impl EqualLinear {
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    fn bias_val(&self) -> Option<Tensor<1>> {
+        self.bias.as_ref().map(|b| b.val() * self.lr_mul)
+    }
+
+    fn finish<const D: usize>(&self, y: Tensor<D>) -> Tensor<D> {
+        let bias = self.bias_val();
+        if self.activation {
+            return fused_leaky_relu(y, bias);
+        }
+        match bias {
+            Some(b) => {
+                let n = b.dims()[0];
+                y + b.reshape(crate::act::channel_shape::<D>(n))
+            }
+            None => y,
+        }
+    }
+
+    /// `x · (W·scale)ᵀ + bias·lr_mul`, then the optional activation.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, in]`; output: `[batch, out]`
+    ///
+    /// # Panics
+    /// If `x` does not have `in` features or is empty.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        check_channels("EqualLinear", "x", &x.dims(), self.in_features());
+        let w = self.weight.val() * self.scale;
+        self.finish(x.matmul(w.transpose()))
+    }
+
+    /// The same map applied per pixel (a 1×1 convolution), as the official layer does for a 4-D
+    /// input.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, in, h, w]`; output: `[batch, out, h, w]`
+    ///
+    /// # Panics
+    /// If `x` does not have `in` channels or is empty.
+    pub fn forward_spatial(&self, x: Tensor<4>) -> Tensor<4> {
+        check_channels("EqualLinear", "x", &x.dims(), self.in_features());
+        check_nonempty("EqualLinear", "x", &x.dims());
+        let [out, inp] = self.weight.dims();
+        let w = (self.weight.val() * self.scale).reshape([out, inp, 1, 1]);
+        self.finish(conv2d(x, w, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)))
+    }
+}

@@ -1,0 +1,52 @@
+//! StyleGAN2 building blocks of the Swapping Autoencoder (Park et al., NeurIPS 2020), as the
+//! official PyTorch implementation computes them, on Burn 0.22.
+//!
+//! Every layer follows Burn's conventions: a `#[derive(Config)]` per layer with `init(&Device)`,
+//! parameters as [`burn::module::Param`]s whose paths mirror the official `state_dict` keys
+//! (with the official upper-case `Conv`/`Act`/`Blur` sub-module names folded to lower case), and
+//! `forward` methods documented with their shapes. Model code has no backend type parameter: the
+//! [`burn::tensor::Device`] a layer is initialised on picks the backend.
+//!
+//! Everything that training differentiates (and, for the discriminators, differentiates twice
+//! through hand-written input-VJPs) is built from ops that have a backward on every backend:
+//! convolutions, transposed convolutions, padding, matmul, elementwise ops. Burn's fused
+//! `linear`, `interpolate` and `avg_pool2d` are deliberately not used: `interpolate` has no
+//! bilinear backward on ndarray/WGPU/CUDA and none of the three can be differentiated twice.
+//!
+//! The layer map (spec Part I, section 1):
+//!
+//! | official | here |
+//! |---|---|
+//! | `make_kernel`, `upfirdn2d` | [`fir::FirKernel`], [`fir::upfirdn2d`] |
+//! | `Blur`, `Upsample` | [`fir::Blur`], [`fir::Upsample`] |
+//! | `EqualConv2d`, `EqualLinear` | [`equal::EqualConv2d`], [`equal::EqualLinear`] |
+//! | `FusedLeakyReLU`, `ScaledLeakyReLU`, `util.normalize` | [`act::FusedLeakyReLU`], [`act::scaled_leaky_relu`], [`act::normalize`] |
+//! | `ConvLayer`, `ResBlock` | [`conv::ConvLayer`], [`conv::ResBlock`] |
+//! | `ModulatedConv2d`, `StyledConv`, `ToRGB`, `GeneratorModulation` | [`modulated`] |
+//! | `NoiseInjection` | [`noise::NoiseInjection`] with [`noise::Noise`] |
+//! | `F.interpolate(bilinear, align_corners=False)`, nearest | [`resample`] |
+//! | `util.apply_random_crop` | [`crop::PatchSampler`] |
+
+pub mod act;
+pub mod conv;
+pub mod crop;
+pub mod equal;
+pub mod fir;
+pub mod modulated;
+pub mod noise;
+pub mod params;
+pub mod resample;
+pub mod shape;
+
+pub use act::{FusedLeakyReLU, FusedLeakyReLUConfig, fused_leaky_relu, normalize, scaled_leaky_relu};
+pub use conv::{ConvLayer, ConvLayerConfig, ResBlock, ResBlockConfig};
+pub use crop::{CropDraws, PatchSampler, PatchSamplerConfig};
+pub use equal::{EqualConv2d, EqualConv2dConfig, EqualLinear, EqualLinearConfig};
+pub use fir::{Blur, BlurConfig, FirKernel, Upsample, UpsampleConfig, upfirdn2d};
+pub use modulated::{
+    GeneratorModulation, GeneratorModulationConfig, ModulatedConv2d, ModulatedConv2dConfig, Style,
+    StyledConv, StyledConvConfig, ToRgb, ToRgbConfig,
+};
+pub use noise::{Noise, NoiseInjection, NoiseInjectionConfig, NoiseRng};
+pub use params::{NamedParam, ParamError, collect_params, load_params};
+pub use resample::{bilinear_resize, bilinear_up2, nearest_resize};
