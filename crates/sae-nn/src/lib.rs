@@ -40,7 +40,7 @@ pub mod shape;
 
 pub use act::{FusedLeakyReLU, FusedLeakyReLUConfig, fused_leaky_relu, normalize, scaled_leaky_relu};
 pub use conv::{ConvLayer, ConvLayerConfig, ResBlock, ResBlockConfig};
-pub use crop::{CropDraws, PatchSampler, PatchSamplerConfig};
+pub use crop::{CropDraws, CropError, PatchSampler, PatchSamplerConfig};
 pub use equal::{EqualConv2d, EqualConv2dConfig, EqualLinear, EqualLinearConfig};
 pub use fir::{Blur, BlurConfig, FirKernel, Upsample, UpsampleConfig, upfirdn2d};
 pub use modulated::{
