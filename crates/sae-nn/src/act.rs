@@ -2,6 +2,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
+use burn::nn::Initializer;
 use burn::tensor::activation::leaky_relu;
 use burn::tensor::{Device, Tensor};
 
@@ -68,7 +69,7 @@ impl FusedLeakyReLUConfig {
     /// A bias initialised to zero, as in the official code.
     pub fn init(&self, device: &Device) -> FusedLeakyReLU {
         FusedLeakyReLU {
-            bias: Param::from_tensor(Tensor::zeros([self.channels], device)),
+            bias: Initializer::Zeros.init([self.channels], device),
         }
     }
 }

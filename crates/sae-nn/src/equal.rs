@@ -7,10 +7,17 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::nn::Initializer;
+use burn::tensor::{Device, Tensor};
 
 use crate::act::fused_leaky_relu;
 use crate::shape::{check_channels, check_nonempty};
+
+/// The official initialisation of every conv, linear and modulated weight: `N(0, 1)`.
+pub(crate) const STANDARD_NORMAL: Initializer = Initializer::Normal {
+    mean: 0.0,
+    std: 1.0,
+};
 
 /// Configuration of an [`EqualConv2d`].
 #[derive(Config, Debug)]
@@ -33,19 +40,14 @@ pub struct EqualConv2dConfig {
 }
 
 impl EqualConv2dConfig {
-    /// Weights `N(0, 1)`, bias zero.
+    /// Weights `N(0, 1)`, bias zero. Parameters are initialised lazily, on first use.
     pub fn init(&self, device: &Device) -> EqualConv2d {
         let k = self.kernel_size;
-        let weight = Tensor::random(
-            [self.out_channels, self.in_channels, k, k],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        );
         EqualConv2d {
-            weight: Param::from_tensor(weight),
+            weight: STANDARD_NORMAL.init([self.out_channels, self.in_channels, k, k], device),
             bias: self
                 .bias
-                .then(|| Param::from_tensor(Tensor::zeros([self.out_channels], device))),
+                .then(|| Initializer::Zeros.init([self.out_channels], device)),
             stride: self.stride,
             padding: self.padding,
             scale: 1.0 / ((self.in_channels * k * k) as f64).sqrt(),
@@ -125,17 +127,19 @@ pub struct EqualLinearConfig {
 }
 
 impl EqualLinearConfig {
-    /// Weights `N(0, 1)/lr_mul`, bias `bias_init`.
+    /// Weights `N(0, 1)/lr_mul`, bias `bias_init` (lazily initialised).
     pub fn init(&self, device: &Device) -> EqualLinear {
-        let weight = Tensor::random(
-            [self.out_features, self.in_features],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        ) / self.lr_mul;
+        let weight = Initializer::Normal {
+            mean: 0.0,
+            std: 1.0 / self.lr_mul,
+        };
         EqualLinear {
-            weight: Param::from_tensor(weight),
+            weight: weight.init([self.out_features, self.in_features], device),
             bias: self.bias.then(|| {
-                Param::from_tensor(Tensor::full([self.out_features], self.bias_init, device))
+                Initializer::Constant {
+                    value: self.bias_init,
+                }
+                .init([self.out_features], device)
             }),
             scale: self.lr_mul / (self.in_features as f64).sqrt(),
             lr_mul: self.lr_mul,

@@ -5,11 +5,12 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::nn::Initializer;
+use burn::tensor::{Device, Tensor};
 
 use crate::act::FusedLeakyReLU;
 use crate::act::FusedLeakyReLUConfig;
-use crate::equal::{EqualLinear, EqualLinearConfig};
+use crate::equal::{EqualLinear, EqualLinearConfig, STANDARD_NORMAL};
 use crate::fir::{Blur, BlurConfig};
 use crate::noise::{Noise, NoiseInjection, NoiseInjectionConfig};
 use crate::resample::bilinear_resize;
@@ -104,11 +105,7 @@ impl ModulatedConv2dConfig {
             .init(device)
         });
         ModulatedConv2d {
-            weight: Param::from_tensor(Tensor::random(
-                [self.out_channels, self.in_channels, k, k],
-                Distribution::Normal(0.0, 1.0),
-                device,
-            )),
+            weight: STANDARD_NORMAL.init([self.out_channels, self.in_channels, k, k], device),
             modulation: EqualLinearConfig::new(self.style_dim, self.in_channels)
                 .with_bias_init(1.0)
                 .init(device),
@@ -300,7 +297,7 @@ impl ToRgbConfig {
             conv: ModulatedConv2dConfig::new(self.in_channels, 3, 1, self.style_dim)
                 .with_demodulate(false)
                 .init(device),
-            bias: Param::from_tensor(Tensor::zeros([1, 3, 1, 1], device)),
+            bias: Initializer::Zeros.init([1, 3, 1, 1], device),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
+use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -68,7 +69,7 @@ impl NoiseInjectionConfig {
     /// The noise strength starts at 0, as in the official code.
     pub fn init(&self, device: &Device) -> NoiseInjection {
         NoiseInjection {
-            weight: Param::from_tensor(Tensor::zeros([1], device)),
+            weight: Initializer::Zeros.init([1], device),
         }
     }
 }

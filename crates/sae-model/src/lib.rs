@@ -1,0 +1,18 @@
+//! The Swapping Autoencoder's four networks on Burn: the encoder E, the generator G, the image
+//! discriminator D and the patch co-occurrence discriminator Dpatch, with the official presets.
+//!
+//! Each network has an explicit configuration listing every width ([`EncoderConfig`],
+//! [`GeneratorConfig`], [`DiscriminatorConfig`], [`PatchDiscriminatorConfig`]), so a model read
+//! from a checkpoint is built from the checkpoint's own shapes; [`SwappingAutoencoderConfig`]
+//! derives them from the official options, and [`Preset`] names the official launchers.
+
+pub mod channels;
+pub mod config;
+pub mod discriminator;
+pub mod encoder;
+pub mod generator;
+
+pub use config::{Preset, SwappingAutoencoderConfig};
+pub use discriminator::{Discriminator, DiscriminatorConfig, PatchDiscriminator, PatchDiscriminatorConfig};
+pub use encoder::{Codes, Encoder, EncoderConfig};
+pub use generator::{Generator, GeneratorBlock, GeneratorConfig, GeneratorNoise};
