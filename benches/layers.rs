@@ -43,7 +43,9 @@ fn bench_pair<M: Module, const D: usize>(
     let ad = device.clone().autodiff();
     let module = build(&ad);
     let xs: Vec<Tensor<4>> = inputs(&ad).into_iter().map(|x| x.require_grad()).collect();
-    let gout = forward(&module, &xs).detach().random_like(Distribution::Normal(0.0, 1.0));
+    let gout = forward(&module, &xs)
+        .detach()
+        .random_like(Distribution::Normal(0.0, 1.0));
     c.bench_function(&format!("{name}/fwd+bwd"), |b| {
         b.iter(|| {
             let grads = (forward(&module, &xs) * gout.clone()).sum().backward();
@@ -84,7 +86,12 @@ fn layers(c: &mut Criterion) {
                 .with_upsample(true)
                 .init(d)
         },
-        |d| vec![randn([BATCH, 512, 16, 16], d), randn([BATCH, STYLE_DIM, 1, 1], d)],
+        |d| {
+            vec![
+                randn([BATCH, 512, 16, 16], d),
+                randn([BATCH, STYLE_DIM, 1, 1], d),
+            ]
+        },
         |m, xs| {
             let style = Style::Global(xs[1].clone().reshape([BATCH, STYLE_DIM]));
             m.forward(xs[0].clone(), &style, Noise::Random(&mut NoiseRng::seed(0)))
@@ -99,7 +106,9 @@ fn layers(c: &mut Criterion) {
         |m, xs| m.forward(xs[0].clone()),
     );
 
-    let sampler = PatchSamplerConfig::new().init().expect("default sampler config");
+    let sampler = PatchSamplerConfig::new()
+        .init()
+        .expect("default sampler config");
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(0);
     let draws = sampler.draw(&mut rng, BATCH);
     #[derive(Module, Debug)]
@@ -111,7 +120,11 @@ fn layers(c: &mut Criterion) {
         "crop_sampler",
         |_| NoParams { _tag: 0 },
         |d| vec![randn([BATCH, 3, 256, 256], d)],
-        |_, xs| sampler.apply(xs[0].clone(), &draws).expect("draws fit the batch"),
+        |_, xs| {
+            sampler
+                .apply(xs[0].clone(), &draws)
+                .expect("draws fit the batch")
+        },
     );
 }
 

@@ -4,11 +4,14 @@
 //! dependency:
 //!
 //! - [`nn`]: the StyleGAN2 building blocks (modulated conv, ResNet blocks, FIR filters, the
-//!   patch sampler), each checked against the official PyTorch implementation.
+//!   patch sampler), each checked against the official PyTorch implementation;
+//! - [`model`]: the encoder, generator and both discriminators, the official presets, official
+//!   `.pth` checkpoint import and the native checkpoint format, and the inference API.
 //!
 //! Backends are cargo features (`flex`, the default pure-Rust CPU backend; `ndarray`; `wgpu`;
 //! `vulkan`; `cuda`); model code takes a [`burn::tensor::Device`] and has no backend type
 //! parameter.
 
 pub use burn;
+pub use sae_model as model;
 pub use sae_nn as nn;

@@ -18,13 +18,13 @@ non-contiguous views, views sharing one storage at different offsets, a stride-0
 view, 0-d and empty tensors, a Parameter, every storage dtype, and a non-tensor value.
 
 Run: /work/venv-ref/bin/python tools/reference/make_pth_fixtures.py
-The files are regenerated bit-for-bit only up to the random `.data/serialization_id` record
-and the legacy storage keys (memory addresses); the expected values are seeded.
+Everything is seeded; only `small_legacy.pth` changes from run to run (its storage keys are
+memory addresses), and it still matches `small_expected.json`.
 """
 
-import collections
 import io
 import json
+import pickle
 import struct
 import zipfile
 from pathlib import Path
@@ -120,10 +120,15 @@ def forbidden_pickle():
 
 
 def write_forbidden(path):
+    records = [
+        ("forbidden_global/data.pkl", forbidden_pickle()),
+        ("forbidden_global/byteorder", b"little"),
+        ("forbidden_global/version", b"3\n"),
+    ]
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("forbidden_global/data.pkl", forbidden_pickle())
-        z.writestr("forbidden_global/byteorder", "little")
-        z.writestr("forbidden_global/version", "3\n")
+        for name, data in records:
+            # A fixed timestamp keeps the file byte-identical across runs.
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
 
 def main():
@@ -142,23 +147,19 @@ def main():
         for k, v in d.items():
             if isinstance(v, torch.Tensor):
                 assert back[k].dtype == v.dtype and torch.equal(back[k], v.detach()), (name, k)
+    # torch's own safe loader must refuse it too (it never runs the global).
     try:
         torch.load(OUT_DIR / "forbidden_global.pth", weights_only=True)
-        raise SystemExit("forbidden_global.pth loaded under weights_only=True")
-    except pickle_error():
+    except (pickle.UnpicklingError, RuntimeError):
         pass
+    else:
+        raise SystemExit("forbidden_global.pth loaded under weights_only=True")
 
     with open(OUT_DIR / "small_expected.json", "w") as f:
         json.dump(expected(d), f, indent=1)
         f.write("\n")
     for p in sorted(OUT_DIR.iterdir()):
         print(f"{p.stat().st_size:8d}  {p.name}")
-
-
-def pickle_error():
-    import pickle
-
-    return (pickle.UnpicklingError, RuntimeError)
 
 
 if __name__ == "__main__":

@@ -100,16 +100,26 @@ fn shape(t: &TensorData) -> Vec<usize> {
     t.shape().to_vec()
 }
 
-fn dim(tensors: &OfficialTensors, key: &str, axis: usize, what: &'static str) -> Result<usize, CheckpointError> {
-    let t = tensors.get(key).ok_or_else(|| CheckpointError::MissingKey {
-        key: key.to_string(),
-        what,
-    })?;
-    shape(t).get(axis).copied().ok_or_else(|| CheckpointError::BadShape {
-        key: key.to_string(),
-        found: shape(t),
-        expected: format!("at least {} dimensions", axis + 1),
-    })
+fn dim(
+    tensors: &OfficialTensors,
+    key: &str,
+    axis: usize,
+    what: &'static str,
+) -> Result<usize, CheckpointError> {
+    let t = tensors
+        .get(key)
+        .ok_or_else(|| CheckpointError::MissingKey {
+            key: key.to_string(),
+            what,
+        })?;
+    shape(t)
+        .get(axis)
+        .copied()
+        .ok_or_else(|| CheckpointError::BadShape {
+            key: key.to_string(),
+            found: shape(t),
+            expected: format!("at least {} dimensions", axis + 1),
+        })
 }
 
 /// Numbers `n` such that `prefix{n}suffix` is a key (e.g. every `ResBlockDownBy{n}`).
@@ -141,7 +151,7 @@ fn block_exponents(tensors: &OfficialTensors, prefix: &str, base: usize) -> Vec<
             Some((name.to_string(), i))
         })
         .collect();
-    names.sort_by(|a, b| b.1.cmp(&a.1));
+    names.sort_by_key(|n| std::cmp::Reverse(n.1));
     names.dedup();
     names
 }
@@ -160,7 +170,11 @@ fn taps_of_side(k: usize, key: &str, found: &[usize]) -> Result<Vec<f32>, Checkp
     }
 }
 
-fn blur_of(tensors: &OfficialTensors, key: &str, default: &[f32]) -> Result<Vec<f32>, CheckpointError> {
+fn blur_of(
+    tensors: &OfficialTensors,
+    key: &str,
+    default: &[f32],
+) -> Result<Vec<f32>, CheckpointError> {
     match tensors.get(key) {
         Some(t) => taps_of_side(shape(t)[0], key, &shape(t)),
         None => Ok(default.to_vec()),
@@ -173,11 +187,17 @@ pub fn infer_encoder(t: &OfficialTensors) -> Result<EncoderConfig, CheckpointErr
     let gl_names = numbered(t, "E.DownToGlobalCode.ConvLayerDownBy");
     let mut channels = vec![dim(t, "E.FromRGB.Conv.weight", 0, "the encoder width")?];
     for i in 0..sp {
-        let key = format!("E.DownToSpatialCode.ResBlockDownBy{}.conv2.Conv.weight", 1 << i);
+        let key = format!(
+            "E.DownToSpatialCode.ResBlockDownBy{}.conv2.Conv.weight",
+            1 << i
+        );
         channels.push(dim(t, &key, 0, "the encoder widths")?);
     }
     for j in 0..gl_names.len() {
-        let key = format!("E.DownToGlobalCode.ConvLayerDownBy{}.Conv.weight", 1 << (sp + j));
+        let key = format!(
+            "E.DownToGlobalCode.ConvLayerDownBy{}.Conv.weight",
+            1 << (sp + j)
+        );
         channels.push(dim(t, &key, 0, "the texture-branch widths")?);
     }
     let blur = blur_of(
@@ -188,7 +208,12 @@ pub fn infer_encoder(t: &OfficialTensors) -> Result<EncoderConfig, CheckpointErr
     Ok(EncoderConfig::new(
         channels,
         sp,
-        dim(t, "E.ToSpatialCode.1.Conv.bias", 0, "the structure-code width")?,
+        dim(
+            t,
+            "E.ToSpatialCode.1.Conv.bias",
+            0,
+            "the structure-code width",
+        )?,
         dim(t, "E.ToGlobalCode.0.bias", 0, "the texture-code width")?,
     )
     .with_blur_kernel(blur))
@@ -200,7 +225,14 @@ pub fn infer_generator(t: &OfficialTensors) -> Result<GeneratorConfig, Checkpoin
     let heads = numbered(t, "G.HeadResnetBlock");
     let ups = numbered(t, "G.UpsamplingResBlock");
     let head_channels = (0..heads.len())
-        .map(|i| dim(t, &format!("G.HeadResnetBlock{i}.conv1.activate.bias"), 0, "head widths"))
+        .map(|i| {
+            dim(
+                t,
+                &format!("G.HeadResnetBlock{i}.conv1.activate.bias"),
+                0,
+                "head widths",
+            )
+        })
         .collect::<Result<_, _>>()?;
     let up_channels = (0..ups.len())
         .map(|j| {
@@ -214,8 +246,18 @@ pub fn infer_generator(t: &OfficialTensors) -> Result<GeneratorConfig, Checkpoin
         &[1.0, 3.0, 3.0, 1.0],
     )?;
     Ok(GeneratorConfig::new(
-        dim(t, "G.SpatialCodeModulation.scale.weight", 0, "the structure-code width")?,
-        dim(t, "G.SpatialCodeModulation.scale.weight", 1, "the style dimension")?,
+        dim(
+            t,
+            "G.SpatialCodeModulation.scale.weight",
+            0,
+            "the structure-code width",
+        )?,
+        dim(
+            t,
+            "G.SpatialCodeModulation.scale.weight",
+            1,
+            "the style dimension",
+        )?,
         head_channels,
         up_channels,
     )
@@ -225,30 +267,53 @@ pub fn infer_generator(t: &OfficialTensors) -> Result<GeneratorConfig, Checkpoin
 const D_PREFIX: &str = "D.stylegan2_D.";
 
 /// The image discriminator's configuration, or `None` when the file has no `D.*` keys.
-pub fn infer_discriminator(t: &OfficialTensors) -> Result<Option<DiscriminatorConfig>, CheckpointError> {
+pub fn infer_discriminator(
+    t: &OfficialTensors,
+) -> Result<Option<DiscriminatorConfig>, CheckpointError> {
     if !t.keys().any(|k| k.starts_with(D_PREFIX)) {
         return Ok(None);
     }
     let blocks = block_exponents(t, &format!("{D_PREFIX}convs."), 9);
-    let mut channels = vec![dim(t, &format!("{D_PREFIX}convs.0.Conv.weight"), 0, "D's width")?];
+    let mut channels = vec![dim(
+        t,
+        &format!("{D_PREFIX}convs.0.Conv.weight"),
+        0,
+        "D's width",
+    )?];
     let mut blur = vec![1.0, 3.0, 3.0, 1.0];
     for (name, _) in blocks.iter().filter(|(n, _)| n != "0") {
-        channels.push(dim(t, &format!("{D_PREFIX}convs.{name}.conv2.Conv.weight"), 0, "D's widths")?);
-        blur = blur_of(t, &format!("{D_PREFIX}convs.{name}.conv2.Blur.kernel"), &blur)?;
+        channels.push(dim(
+            t,
+            &format!("{D_PREFIX}convs.{name}.conv2.Conv.weight"),
+            0,
+            "D's widths",
+        )?);
+        blur = blur_of(
+            t,
+            &format!("{D_PREFIX}convs.{name}.conv2.Blur.kernel"),
+            &blur,
+        )?;
     }
     let key = format!("{D_PREFIX}final_linear.0.weight");
     let features = dim(t, &key, 1, "D's final map")?;
     let last = *channels.last().unwrap();
-    let side = (1..=64).find(|s| last * s * s == features).ok_or_else(|| CheckpointError::BadShape {
-        key: key.clone(),
-        found: shape(&t[&key]),
-        expected: format!("[_, {last}·side²]"),
-    })?;
-    Ok(Some(DiscriminatorConfig::new(channels, side).with_blur_kernel(blur)))
+    let side =
+        (1..=64)
+            .find(|s| last * s * s == features)
+            .ok_or_else(|| CheckpointError::BadShape {
+                key: key.clone(),
+                found: shape(&t[&key]),
+                expected: format!("[_, {last}·side²]"),
+            })?;
+    Ok(Some(
+        DiscriminatorConfig::new(channels, side).with_blur_kernel(blur),
+    ))
 }
 
 /// The patch discriminator's configuration, or `None` when the file has no `Dpatch.*` keys.
-pub fn infer_patch_discriminator(t: &OfficialTensors) -> Result<Option<PatchDiscriminatorConfig>, CheckpointError> {
+pub fn infer_patch_discriminator(
+    t: &OfficialTensors,
+) -> Result<Option<PatchDiscriminatorConfig>, CheckpointError> {
     if !t.keys().any(|k| k.starts_with("Dpatch.")) {
         return Ok(None);
     }
@@ -257,12 +322,24 @@ pub fn infer_patch_discriminator(t: &OfficialTensors) -> Result<Option<PatchDisc
     let mut blur = vec![1.0, 3.0, 3.0, 1.0];
     // convs.5 and convs.6 parse as exponents 2 and 1: they are the extra block and final conv.
     for (name, _) in blocks.iter().filter(|(_, i)| *i >= 3) {
-        channels.push(dim(t, &format!("Dpatch.convs.{name}.conv2.Conv.weight"), 0, "Dpatch's widths")?);
+        channels.push(dim(
+            t,
+            &format!("Dpatch.convs.{name}.conv2.Conv.weight"),
+            0,
+            "Dpatch's widths",
+        )?);
         blur = blur_of(t, &format!("Dpatch.convs.{name}.conv2.Blur.kernel"), &blur)?;
     }
     let n = numbered(t, "Dpatch.pairlinear.").len();
     let pair_hidden = (0..n.saturating_sub(1))
-        .map(|i| dim(t, &format!("Dpatch.pairlinear.{i}.weight"), 0, "the pair MLP"))
+        .map(|i| {
+            dim(
+                t,
+                &format!("Dpatch.pairlinear.{i}.weight"),
+                0,
+                "the pair MLP",
+            )
+        })
         .collect::<Result<_, _>>()?;
     Ok(Some(
         PatchDiscriminatorConfig::new(channels)
@@ -272,8 +349,15 @@ pub fn infer_patch_discriminator(t: &OfficialTensors) -> Result<Option<PatchDisc
 }
 
 /// Maps one official key to `(network, parameter path)`, or `None` for a buffer.
-fn remap(key: &str, sp: usize, d_blocks: &[(String, usize)], p_blocks: &[(String, usize)]) -> Result<Option<(Net, String)>, CheckpointError> {
-    let unknown = || CheckpointError::UnknownKey { key: key.to_string() };
+fn remap(
+    key: &str,
+    sp: usize,
+    d_blocks: &[(String, usize)],
+    p_blocks: &[(String, usize)],
+) -> Result<Option<(Net, String)>, CheckpointError> {
+    let unknown = || CheckpointError::UnknownKey {
+        key: key.to_string(),
+    };
     if key == "num_discriminator_iters" || key.ends_with(".kernel") {
         return Ok(None);
     }
@@ -284,13 +368,18 @@ fn remap(key: &str, sp: usize, d_blocks: &[(String, usize)], p_blocks: &[(String
         } else if let Some(r) = rest.strip_prefix("DownToSpatialCode.ResBlockDownBy") {
             let (n, r) = r.split_once('.').ok_or_else(unknown)?;
             let n: usize = n.parse().map_err(|_| unknown())?;
-            format!("down_to_spatial_code.{}.{r}", n.checked_ilog2().ok_or_else(unknown)?)
+            format!(
+                "down_to_spatial_code.{}.{r}",
+                n.checked_ilog2().ok_or_else(unknown)?
+            )
         } else if let Some(r) = rest.strip_prefix("ToSpatialCode.") {
             format!("to_spatial_code.{r}")
         } else if let Some(r) = rest.strip_prefix("DownToGlobalCode.ConvLayerDownBy") {
             let (n, r) = r.split_once('.').ok_or_else(unknown)?;
             let n: usize = n.parse().map_err(|_| unknown())?;
-            let j = (n.checked_ilog2().ok_or_else(unknown)? as usize).checked_sub(sp).ok_or_else(unknown)?;
+            let j = (n.checked_ilog2().ok_or_else(unknown)? as usize)
+                .checked_sub(sp)
+                .ok_or_else(unknown)?;
             format!("down_to_global_code.{j}.{r}")
         } else if let Some(r) = rest.strip_prefix("ToGlobalCode.0.") {
             format!("to_global_code.{r}")
@@ -307,7 +396,9 @@ fn remap(key: &str, sp: usize, d_blocks: &[(String, usize)], p_blocks: &[(String
         } else if let Some(r) = rest.strip_prefix("UpsamplingResBlock") {
             let (n, r) = r.split_once('.').ok_or_else(unknown)?;
             let n: usize = n.parse().map_err(|_| unknown())?;
-            let j = (n.checked_ilog2().ok_or_else(unknown)? as usize).checked_sub(4).ok_or_else(unknown)?;
+            let j = (n.checked_ilog2().ok_or_else(unknown)? as usize)
+                .checked_sub(4)
+                .ok_or_else(unknown)?;
             format!("up.{j}.{r}")
         } else if let Some(r) = rest.strip_prefix("ToRGB.") {
             format!("to_rgb.{r}")
@@ -321,7 +412,10 @@ fn remap(key: &str, sp: usize, d_blocks: &[(String, usize)], p_blocks: &[(String
             if name == "0" {
                 format!("from_rgb.{r}")
             } else {
-                let k = d_blocks.iter().position(|(n, _)| n == name).ok_or_else(unknown)?;
+                let k = d_blocks
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .ok_or_else(unknown)?;
                 format!("blocks.{k}.{r}")
             }
         } else if rest.starts_with("final_conv.") || rest.starts_with("final_linear.") {
@@ -338,7 +432,10 @@ fn remap(key: &str, sp: usize, d_blocks: &[(String, usize)], p_blocks: &[(String
                 "5" => format!("extra_block.{r}"),
                 "6" => format!("final_conv.{r}"),
                 _ => {
-                    let k = p_blocks.iter().position(|(n, _)| n == name).ok_or_else(unknown)?;
+                    let k = p_blocks
+                        .iter()
+                        .position(|(n, _)| n == name)
+                        .ok_or_else(unknown)?;
                     format!("blocks.{k}.{r}")
                 }
             }
@@ -369,15 +466,29 @@ fn check_kernel(key: &str, t: &TensorData) -> Result<(), CheckpointError> {
     }
     let taps = taps_of_side(s[0], key, &s)?;
     // Upsampling kernels (the modulated conv's blur and ToRGB's upsample) carry the factor² gain.
-    let gain = if key.ends_with("conv.blur.kernel") || key.ends_with("upsample.kernel") { 4.0 } else { 1.0 };
+    let gain = if key.ends_with("conv.blur.kernel") || key.ends_with("upsample.kernel") {
+        4.0
+    } else {
+        1.0
+    };
     let expected = FirKernel::new(&taps).with_gain(gain).values();
-    let found = t.try_to_vec::<f32>().map_err(|_| CheckpointError::BadShape {
-        key: key.to_string(),
-        found: shape(t),
-        expected: "float32 values".into(),
-    })?;
-    if found.iter().zip(&expected).any(|(a, b)| (a - b).abs() > 1e-6) {
-        return Err(CheckpointError::KernelMismatch { key: key.to_string(), found, expected });
+    let found = t
+        .try_to_vec::<f32>()
+        .map_err(|_| CheckpointError::BadShape {
+            key: key.to_string(),
+            found: shape(t),
+            expected: "float32 values".into(),
+        })?;
+    if found
+        .iter()
+        .zip(&expected)
+        .any(|(a, b)| (a - b).abs() > 1e-6)
+    {
+        return Err(CheckpointError::KernelMismatch {
+            key: key.to_string(),
+            found,
+            expected,
+        });
     }
     Ok(())
 }
@@ -418,11 +529,14 @@ pub fn remap_checkpoint(t: &OfficialTensors) -> Result<Remapped, CheckpointError
                             expected: "[1, out, in, k, k]".into(),
                         });
                     }
-                    let values = tensor.try_to_vec::<f32>().map_err(|_| CheckpointError::BadShape {
-                        key: key.clone(),
-                        found: s.clone(),
-                        expected: "a float32 modulated weight".into(),
-                    })?;
+                    let values =
+                        tensor
+                            .try_to_vec::<f32>()
+                            .map_err(|_| CheckpointError::BadShape {
+                                key: key.clone(),
+                                found: s.clone(),
+                                expected: "a float32 modulated weight".into(),
+                            })?;
                     tensor = TensorData::new(values, s[1..].to_vec());
                 }
                 official.insert((net, path.clone()), key.clone());

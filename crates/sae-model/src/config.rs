@@ -3,9 +3,7 @@
 
 use burn::config::Config;
 
-use crate::channels::{
-    discriminator_ch, encoder_nc, generator_head, generator_nf, patch_ch,
-};
+use crate::channels::{discriminator_ch, encoder_nc, generator_head, generator_nf, patch_ch};
 use crate::discriminator::{DiscriminatorConfig, PatchDiscriminatorConfig};
 use crate::encoder::EncoderConfig;
 use crate::generator::GeneratorConfig;
@@ -143,17 +141,28 @@ impl Preset {
 
 impl SwappingAutoencoderConfig {
     fn e_blur(&self) -> Vec<f32> {
-        if self.use_antialias { vec![1.0, 2.0, 1.0] } else { vec![1.0] }
+        if self.use_antialias {
+            vec![1.0, 2.0, 1.0]
+        } else {
+            vec![1.0]
+        }
     }
 
     fn blur(&self) -> Vec<f32> {
-        if self.use_antialias { vec![1.0, 3.0, 3.0, 1.0] } else { vec![1.0] }
+        if self.use_antialias {
+            vec![1.0, 3.0, 3.0, 1.0]
+        } else {
+            vec![1.0]
+        }
     }
 
     /// The encoder with the official channel rule (including the `min(global_code_ch)` cap of
     /// the current code).
     pub fn encoder(&self) -> EncoderConfig {
-        let (sp, gl) = (self.net_e_num_downsampling_sp, self.net_e_num_downsampling_gl);
+        let (sp, gl) = (
+            self.net_e_num_downsampling_sp,
+            self.net_e_num_downsampling_gl,
+        );
         let channels = (0..=sp + gl)
             .map(|i| {
                 encoder_nc(

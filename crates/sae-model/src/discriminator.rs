@@ -3,7 +3,9 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use sae_nn::{ConvLayer, ConvLayerConfig, EqualLinear, EqualLinearConfig, ResBlock, ResBlockConfig};
+use sae_nn::{
+    ConvLayer, ConvLayerConfig, EqualLinear, EqualLinearConfig, ResBlock, ResBlockConfig,
+};
 
 fn resblocks(channels: &[usize], blur: &[f32], device: &Device) -> Vec<ResBlock> {
     channels
@@ -44,7 +46,10 @@ impl DiscriminatorConfig {
     /// # Panics
     /// If fewer than two widths are given.
     pub fn init(&self, device: &Device) -> Discriminator {
-        assert!(self.channels.len() >= 2, "DiscriminatorConfig needs ≥ 2 widths, got {self:?}");
+        assert!(
+            self.channels.len() >= 2,
+            "DiscriminatorConfig needs ≥ 2 widths, got {self:?}"
+        );
         let c = &self.channels;
         let last = c[c.len() - 1];
         Discriminator {
@@ -122,13 +127,20 @@ impl PatchDiscriminatorConfig {
     /// # Panics
     /// If fewer than two widths are given.
     pub fn init(&self, device: &Device) -> PatchDiscriminator {
-        assert!(self.channels.len() >= 2, "PatchDiscriminatorConfig needs ≥ 2 widths, got {self:?}");
+        assert!(
+            self.channels.len() >= 2,
+            "PatchDiscriminatorConfig needs ≥ 2 widths, got {self:?}"
+        );
         let c = &self.channels;
         let c4 = c[c.len() - 1];
         let mut pairlinear = Vec::new();
         let mut width = c4 * 2 * 2 * 2;
         for &h in &self.pair_hidden {
-            pairlinear.push(EqualLinearConfig::new(width, h).with_activation(true).init(device));
+            pairlinear.push(
+                EqualLinearConfig::new(width, h)
+                    .with_activation(true)
+                    .init(device),
+            );
             width = h;
         }
         pairlinear.push(EqualLinearConfig::new(width, 1).init(device));
@@ -138,7 +150,9 @@ impl PatchDiscriminatorConfig {
             extra_block: ResBlockConfig::new(c4, 2 * c4)
                 .with_downsample(false)
                 .init(device),
-            final_conv: ConvLayerConfig::new(2 * c4, c4, 3).with_pad(Some(0)).init(device),
+            final_conv: ConvLayerConfig::new(2 * c4, c4, 3)
+                .with_pad(Some(0))
+                .init(device),
             pairlinear,
         }
     }

@@ -4,8 +4,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use sae_nn::{
-    ConvLayer, ConvLayerConfig, EqualLinear, EqualLinearConfig, ResBlock, ResBlockConfig,
-    normalize,
+    ConvLayer, ConvLayerConfig, EqualLinear, EqualLinearConfig, ResBlock, ResBlockConfig, normalize,
 };
 
 /// Explicit configuration of an [`Encoder`]: every width is listed, so a configuration read

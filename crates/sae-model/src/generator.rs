@@ -124,14 +124,30 @@ impl GeneratorNoise<'_> {
 }
 
 impl GeneratorBlock {
-    fn forward(&self, x: Tensor<4>, style: &Style, noise: &mut GeneratorNoise, name: &str) -> Tensor<4> {
-        let h = self.conv1.forward(x.clone(), style, noise.for_layer(&format!("{name}.conv1.noise")));
-        let h = self.conv2.forward(h, style, noise.for_layer(&format!("{name}.conv2.noise")));
+    fn forward(
+        &self,
+        x: Tensor<4>,
+        style: &Style,
+        noise: &mut GeneratorNoise,
+        name: &str,
+    ) -> Tensor<4> {
+        let h = self.conv1.forward(
+            x.clone(),
+            style,
+            noise.for_layer(&format!("{name}.conv1.noise")),
+        );
+        let h = self
+            .conv2
+            .forward(h, style, noise.for_layer(&format!("{name}.conv2.noise")));
         let skip = match &self.skip {
             Some(conv) => conv.forward(x),
             None => x,
         };
-        let skip = if self.upsample { bilinear_up2(skip) } else { skip };
+        let skip = if self.upsample {
+            bilinear_up2(skip)
+        } else {
+            skip
+        };
         (skip + h) / std::f64::consts::SQRT_2
     }
 }
@@ -175,7 +191,12 @@ impl Generator {
     ///
     /// # Panics
     /// On channel or batch mismatches (see `sae_nn`).
-    pub fn forward(&self, structure: Tensor<4>, texture: Style, mut noise: GeneratorNoise) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        structure: Tensor<4>,
+        texture: Style,
+        mut noise: GeneratorNoise,
+    ) -> Tensor<4> {
         let style = match texture {
             Style::Global(g) => Style::Global(normalize(g)),
             Style::Spatial(g) => Style::Spatial(normalize(g)),

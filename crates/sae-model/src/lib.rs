@@ -7,12 +7,20 @@
 //! derives them from the official options, and [`Preset`] names the official launchers.
 
 pub mod channels;
+pub mod checkpoint;
 pub mod config;
 pub mod discriminator;
 pub mod encoder;
 pub mod generator;
+pub mod inference;
+pub mod model;
+pub mod native;
+pub mod pth;
 
 pub use config::{Preset, SwappingAutoencoderConfig};
-pub use discriminator::{Discriminator, DiscriminatorConfig, PatchDiscriminator, PatchDiscriminatorConfig};
+pub use discriminator::{
+    Discriminator, DiscriminatorConfig, PatchDiscriminator, PatchDiscriminatorConfig,
+};
 pub use encoder::{Codes, Encoder, EncoderConfig};
 pub use generator::{Generator, GeneratorBlock, GeneratorConfig, GeneratorNoise};
+pub use model::{LoadError, ModelConfig, SwappingAutoencoder};

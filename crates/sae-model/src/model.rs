@@ -110,7 +110,10 @@ pub fn read_official_tensors(path: &Path) -> Result<OfficialTensors, LoadError> 
     for (key, t) in sd.entries {
         let data = match &t.data {
             PthData::I64(v) => TensorData::new(v.clone(), t.shape.clone()),
-            PthData::I32(v) => TensorData::new(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), t.shape.clone()),
+            PthData::I32(v) => TensorData::new(
+                v.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+                t.shape.clone(),
+            ),
             _ => TensorData::new(t.to_f32()?, t.shape.clone()),
         };
         out.insert(key, data);

@@ -24,10 +24,15 @@ fn every_preset_matches_the_official_parameter_counts() {
             ("E", cfg.encoder().init(&device).num_params()),
             ("G", cfg.generator().init(&device).num_params()),
             ("D", cfg.discriminator().init(&device).num_params()),
-            ("Dpatch", cfg.patch_discriminator().init(&device).num_params()),
+            (
+                "Dpatch",
+                cfg.patch_discriminator().init(&device).num_params(),
+            ),
         ];
         for (net, n) in got {
-            let buffers = want[format!("{net}_kernel_buffer_elements")].as_u64().unwrap();
+            let buffers = want[format!("{net}_kernel_buffer_elements")]
+                .as_u64()
+                .unwrap();
             assert_eq!(
                 n as u64,
                 want[net].as_u64().unwrap() - buffers,
@@ -35,7 +40,14 @@ fn every_preset_matches_the_official_parameter_counts() {
                 preset.name()
             );
         }
-        println!("{:26} E {} G {} D {} Dpatch {}", preset.name(), got[0].1, got[1].1, got[2].1, got[3].1);
+        println!(
+            "{:26} E {} G {} D {} Dpatch {}",
+            preset.name(),
+            got[0].1,
+            got[1].1,
+            got[2].1,
+            got[3].1
+        );
     }
 }
 

@@ -2,8 +2,8 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::Tensor;
 use burn::tensor::Device;
+use burn::tensor::Tensor;
 use burn::tensor::ops::PadMode;
 
 use crate::act::{FusedLeakyReLU, FusedLeakyReLUConfig, scaled_leaky_relu};
@@ -52,9 +52,7 @@ impl ConvLayerConfig {
         );
         let k = self.kernel_size;
         let (blur, ref_pad, conv_pad, stride) = if self.downsample {
-            let p = self
-                .pad
-                .unwrap_or(self.blur_kernel.len() + k - 3) as i64;
+            let p = self.pad.unwrap_or(self.blur_kernel.len() + k - 3) as i64;
             let blur = BlurConfig::new(self.blur_kernel.clone(), [(p + 1) / 2, p / 2])
                 .with_reflection_pad(self.reflection_pad)
                 .init(device);

@@ -32,7 +32,9 @@ pub enum CropError {
         reason: &'static str,
     },
     /// The draws were made for another number of crops.
-    #[error("patch sampler: the draws hold {found} crops but the batch needs {expected} ({batch} images × {num_crops} crops)")]
+    #[error(
+        "patch sampler: the draws hold {found} crops but the batch needs {expected} ({batch} images × {num_crops} crops)"
+    )]
     DrawCount {
         /// `batch · num_crops`.
         expected: usize,
@@ -190,7 +192,10 @@ impl PatchSampler {
             .iter()
             .map(|s| {
                 let u = [rng.random::<f32>(), rng.random::<f32>()];
-                [(u[0] * 2.0 - 1.0) * (1.0 - s[0]), (u[1] * 2.0 - 1.0) * (1.0 - s[1])]
+                [
+                    (u[0] * 2.0 - 1.0) * (1.0 - s[0]),
+                    (u[1] * 2.0 - 1.0) * (1.0 - s[1]),
+                ]
             })
             .collect();
         CropDraws {

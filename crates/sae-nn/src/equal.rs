@@ -5,9 +5,9 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
+use burn::nn::Initializer;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
 use crate::act::fused_leaky_relu;
@@ -222,6 +222,11 @@ impl EqualLinear {
         check_nonempty("EqualLinear", "x", &x.dims());
         let [out, inp] = self.weight.dims();
         let w = (self.weight.val() * self.scale).reshape([out, inp, 1, 1]);
-        self.finish(conv2d(x, w, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)))
+        self.finish(conv2d(
+            x,
+            w,
+            None,
+            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        ))
     }
 }

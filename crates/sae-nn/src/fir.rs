@@ -106,8 +106,17 @@ fn zero_stuff(x: Tensor<4>, up: usize) -> Tensor<4> {
 /// # Panics
 /// If `up` or `down` is zero, `x` has a zero-size dimension, or the padded input is smaller than
 /// the kernel.
-pub fn upfirdn2d(x: Tensor<4>, kernel: &FirKernel, up: usize, down: usize, pad: [i64; 2]) -> Tensor<4> {
-    assert!(up > 0 && down > 0, "upfirdn2d: up ({up}) and down ({down}) must be ≥ 1");
+pub fn upfirdn2d(
+    x: Tensor<4>,
+    kernel: &FirKernel,
+    up: usize,
+    down: usize,
+    pad: [i64; 2],
+) -> Tensor<4> {
+    assert!(
+        up > 0 && down > 0,
+        "upfirdn2d: up ({up}) and down ({down}) must be ≥ 1"
+    );
     check_nonempty("upfirdn2d", "x", &x.dims());
     let [_, c, h, w] = x.dims();
     let k = kernel.size() as i64;

@@ -38,7 +38,9 @@ pub mod params;
 pub mod resample;
 pub mod shape;
 
-pub use act::{FusedLeakyReLU, FusedLeakyReLUConfig, fused_leaky_relu, normalize, scaled_leaky_relu};
+pub use act::{
+    FusedLeakyReLU, FusedLeakyReLUConfig, fused_leaky_relu, normalize, scaled_leaky_relu,
+};
 pub use conv::{ConvLayer, ConvLayerConfig, ResBlock, ResBlockConfig};
 pub use crop::{CropDraws, CropError, PatchSampler, PatchSamplerConfig};
 pub use equal::{EqualConv2d, EqualConv2dConfig, EqualLinear, EqualLinearConfig};

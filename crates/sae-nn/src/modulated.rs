@@ -3,9 +3,9 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
+use burn::nn::Initializer;
 use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
 use crate::act::FusedLeakyReLU;

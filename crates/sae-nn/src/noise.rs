@@ -33,7 +33,9 @@ impl NoiseRng {
     /// `[b, 1, h, w]` standard normal noise on `device`.
     pub fn sample(&mut self, shape: [usize; 4], device: &Device) -> Tensor<4> {
         let n = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut self.rng)).collect();
+        let values: Vec<f32> = (0..n)
+            .map(|_| StandardNormal.sample(&mut self.rng))
+            .collect();
         Tensor::from_data(TensorData::new(values, shape), device)
     }
 }

@@ -118,7 +118,11 @@ pub fn nearest_resize(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     }
     let device = x.device();
     let index = |n_in, n_out| {
-        Tensor::<1, Int>::from_data(TensorData::new(nearest_indices(n_in, n_out), [n_out]), &device)
+        Tensor::<1, Int>::from_data(
+            TensorData::new(nearest_indices(n_in, n_out), [n_out]),
+            &device,
+        )
     };
-    x.select(2, index(h_in, size[0])).select(3, index(w_in, size[1]))
+    x.select(2, index(h_in, size[0]))
+        .select(3, index(w_in, size[1]))
 }

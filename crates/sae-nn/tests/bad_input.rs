@@ -16,7 +16,10 @@ fn zeros(shape: [usize; 4]) -> Tensor<4> {
 #[test]
 fn downsampling_halves_even_sizes_and_floors_odd_ones() {
     let d = dev();
-    for (blur, reflect) in [(vec![1.0, 2.0, 1.0], true), (vec![1.0, 3.0, 3.0, 1.0], false)] {
+    for (blur, reflect) in [
+        (vec![1.0, 2.0, 1.0], true),
+        (vec![1.0, 3.0, 3.0, 1.0], false),
+    ] {
         let block = ResBlockConfig::new(3, 5)
             .with_blur_kernel(blur)
             .with_reflection_pad(reflect)
@@ -50,7 +53,10 @@ fn upsampling_layers_double_the_size() {
             .with_upsample(true)
             .with_blur_kernel(blur)
             .init(&d);
-        assert_eq!(conv.forward(zeros([2, 4, 5, 7]), &style).dims(), [2, 6, 10, 14]);
+        assert_eq!(
+            conv.forward(zeros([2, 4, 5, 7]), &style).dims(),
+            [2, 6, 10, 14]
+        );
     }
     assert_eq!(bilinear_up2(zeros([1, 2, 3, 1])).dims(), [1, 2, 6, 2]);
     let up = UpsampleConfig::new().init(&d);
@@ -69,30 +75,46 @@ fn spatial_style_works_for_any_batch_and_equals_per_image_results() {
             x.clone().slice(i..i + 1),
             &Style::Spatial(g.clone().slice(i..i + 1)),
         );
-        let diff: f32 = (batched.clone().slice(i..i + 1) - one).abs().max().into_scalar();
+        let diff: f32 = (batched.clone().slice(i..i + 1) - one)
+            .abs()
+            .max()
+            .into_scalar();
         assert!(diff < 1e-5, "image {i}: batched differs by {diff}");
     }
 }
 
 #[test]
-#[should_panic(expected = "ModulatedConv2d: `x` must have 4 channels (dim 1), got shape [2, 3, 5, 5]")]
+#[should_panic(
+    expected = "ModulatedConv2d: `x` must have 4 channels (dim 1), got shape [2, 3, 5, 5]"
+)]
 fn modulated_conv_rejects_wrong_channels() {
     let conv = ModulatedConv2dConfig::new(4, 6, 3, 5).init(&dev());
-    conv.forward(zeros([2, 3, 5, 5]), &Style::Global(Tensor::zeros([2, 5], &dev())));
+    conv.forward(
+        zeros([2, 3, 5, 5]),
+        &Style::Global(Tensor::zeros([2, 5], &dev())),
+    );
 }
 
 #[test]
-#[should_panic(expected = "ModulatedConv2d: `style` must have 5 channels (dim 1), got shape [2, 7]")]
+#[should_panic(
+    expected = "ModulatedConv2d: `style` must have 5 channels (dim 1), got shape [2, 7]"
+)]
 fn modulated_conv_rejects_wrong_style_dim() {
     let conv = ModulatedConv2dConfig::new(4, 6, 3, 5).init(&dev());
-    conv.forward(zeros([2, 4, 5, 5]), &Style::Global(Tensor::zeros([2, 7], &dev())));
+    conv.forward(
+        zeros([2, 4, 5, 5]),
+        &Style::Global(Tensor::zeros([2, 7], &dev())),
+    );
 }
 
 #[test]
 #[should_panic(expected = "the style batch (3) must equal the input batch (2)")]
 fn modulated_conv_rejects_batch_mismatch() {
     let conv = ModulatedConv2dConfig::new(4, 6, 3, 5).init(&dev());
-    conv.forward(zeros([2, 4, 5, 5]), &Style::Global(Tensor::zeros([3, 5], &dev())));
+    conv.forward(
+        zeros([2, 4, 5, 5]),
+        &Style::Global(Tensor::zeros([3, 5], &dev())),
+    );
 }
 
 #[test]
@@ -103,7 +125,9 @@ fn conv_rejects_zero_size_input() {
 }
 
 #[test]
-#[should_panic(expected = "EqualConv2d: input [1, 4, 2, 2] is smaller than the 3x3 kernel (padding 0)")]
+#[should_panic(
+    expected = "EqualConv2d: input [1, 4, 2, 2] is smaller than the 3x3 kernel (padding 0)"
+)]
 fn conv_rejects_input_smaller_than_kernel() {
     let conv = EqualConv2dConfig::new(4, 6, 3).init(&dev());
     conv.forward(zeros([1, 4, 2, 2]));
@@ -119,13 +143,23 @@ fn reflection_pad_larger_than_input_is_named() {
 }
 
 #[test]
-#[should_panic(expected = "upfirdn2d: height 2·1 padded by (-1, 0) is 1, smaller than the 4-tap kernel")]
+#[should_panic(
+    expected = "upfirdn2d: height 2·1 padded by (-1, 0) is 1, smaller than the 4-tap kernel"
+)]
 fn upfirdn2d_rejects_over_cropping() {
-    upfirdn2d(zeros([1, 1, 2, 8]), &FirKernel::new(&[1.0, 3.0, 3.0, 1.0]), 1, 1, [-1, 0]);
+    upfirdn2d(
+        zeros([1, 1, 2, 8]),
+        &FirKernel::new(&[1.0, 3.0, 3.0, 1.0]),
+        1,
+        1,
+        [-1, 0],
+    );
 }
 
 #[test]
-#[should_panic(expected = "NoiseInjection: fixed noise must be [1 or 2, 1, h, w], got [3, 1, 4, 4]")]
+#[should_panic(
+    expected = "NoiseInjection: fixed noise must be [1 or 2, 1, h, w], got [3, 1, 4, 4]"
+)]
 fn fixed_noise_with_wrong_batch_is_named() {
     let layer = NoiseInjectionConfig::new().init(&dev());
     let noise = zeros([3, 1, 4, 4]);
@@ -133,7 +167,9 @@ fn fixed_noise_with_wrong_batch_is_named() {
 }
 
 #[test]
-#[should_panic(expected = "fused_leaky_relu: `x` must have 3 channels (dim 1), got shape [2, 4, 1, 1]")]
+#[should_panic(
+    expected = "fused_leaky_relu: `x` must have 3 channels (dim 1), got shape [2, 4, 1, 1]"
+)]
 fn activation_bias_length_is_checked() {
     let act = FusedLeakyReLUConfig::new(3).init(&dev());
     act.forward(zeros([2, 4, 1, 1]));
@@ -142,11 +178,29 @@ fn activation_bias_length_is_checked() {
 #[test]
 fn patch_sampler_config_and_draws_are_validated() {
     let bad = PatchSamplerConfig::new().with_min_scale(0.0).init();
-    assert!(matches!(bad, Err(CropError::InvalidConfig { field: "min_scale", .. })));
+    assert!(matches!(
+        bad,
+        Err(CropError::InvalidConfig {
+            field: "min_scale",
+            ..
+        })
+    ));
     let bad = PatchSamplerConfig::new().with_max_scale(0.1).init();
-    assert!(matches!(bad, Err(CropError::InvalidConfig { field: "max_scale", .. })));
+    assert!(matches!(
+        bad,
+        Err(CropError::InvalidConfig {
+            field: "max_scale",
+            ..
+        })
+    ));
     let bad = PatchSamplerConfig::new().with_num_crops(0).init();
-    assert!(matches!(bad, Err(CropError::InvalidConfig { field: "num_crops", .. })));
+    assert!(matches!(
+        bad,
+        Err(CropError::InvalidConfig {
+            field: "num_crops",
+            ..
+        })
+    ));
 
     let sampler = PatchSamplerConfig::new()
         .with_patch_size(4)
@@ -157,7 +211,13 @@ fn patch_sampler_config_and_draws_are_validated() {
     let draws = sampler.draw(&mut rng, 3);
     assert_eq!(draws.len(), 6);
     assert!(draws.flip.iter().all(|f| *f == 1.0 || *f == -1.0));
-    assert!(draws.scale.iter().flatten().all(|s| (0.125..=0.25).contains(s)));
+    assert!(
+        draws
+            .scale
+            .iter()
+            .flatten()
+            .all(|s| (0.125..=0.25).contains(s))
+    );
     let crops = sampler.apply(zeros([3, 2, 8, 8]), &draws).unwrap();
     assert_eq!(crops.dims(), [3, 2, 2, 4, 4]);
     let err = sampler.apply(zeros([2, 2, 8, 8]), &draws).unwrap_err();
@@ -216,14 +276,22 @@ fn params_load_reports_missing_mismatched_and_unexpected_keys() {
         "shape mismatch for `conv.weight`: the model expects [3, 2, 1, 1], the file has [3, 2, 1, 1, 1]"
     );
     let mut extra = tensors.clone();
-    extra.insert("conv.bias".into(), burn::tensor::TensorData::new(vec![0.0f32; 3], [3]));
+    extra.insert(
+        "conv.bias".into(),
+        burn::tensor::TensorData::new(vec![0.0f32; 3], [3]),
+    );
     assert_eq!(
         load_params(layer(), &extra).unwrap_err(),
-        ParamError::Unexpected { key: "conv.bias".into() }
+        ParamError::Unexpected {
+            key: "conv.bias".into()
+        }
     );
     tensors.remove("act.bias");
     assert_eq!(
         load_params(layer(), &tensors).unwrap_err(),
-        ParamError::Missing { key: "act.bias".into(), expected: vec![3] }
+        ParamError::Missing {
+            key: "act.bias".into(),
+            expected: vec![3]
+        }
     );
 }

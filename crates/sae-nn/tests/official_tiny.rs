@@ -15,7 +15,10 @@ fn t4(fx: &Fixture, key: &str, device: &Device) -> Tensor<4> {
 fn check(fx: &Fixture, key: &str, actual: burn::tensor::TensorData, backend: &str) {
     let (err, ok, _) = max_abs_err(&actual, fx.get(key));
     println!("{backend:8} {key:32} max abs err {err:.2e}");
-    assert!(ok, "{key} on {backend}: max abs err {err:e} exceeds 1e-5 + 1e-5·|expected|");
+    assert!(
+        ok,
+        "{key} on {backend}: max abs err {err:e} exceeds 1e-5 + 1e-5·|expected|"
+    );
 }
 
 #[test]
@@ -35,9 +38,18 @@ fn official_primitive_and_crop_cases() {
         let cases = [
             ("prim.blur121_reflect_2_1", reflect.forward(x())),
             ("prim.blur121_zero_1_0", upfirdn2d(x(), &k121, 1, 1, [1, 0])),
-            ("prim.blur1331_zero_1_1", upfirdn2d(x(), &k1331, 1, 1, [1, 1])),
-            ("prim.blur1331_zero_2_2", upfirdn2d(x(), &k1331, 1, 1, [2, 2])),
-            ("prim.down2_blur1331_pad_1_1", upfirdn2d(x(), &k1331, 1, 2, [1, 1])),
+            (
+                "prim.blur1331_zero_1_1",
+                upfirdn2d(x(), &k1331, 1, 1, [1, 1]),
+            ),
+            (
+                "prim.blur1331_zero_2_2",
+                upfirdn2d(x(), &k1331, 1, 1, [2, 2]),
+            ),
+            (
+                "prim.down2_blur1331_pad_1_1",
+                upfirdn2d(x(), &k1331, 1, 2, [1, 1]),
+            ),
             (
                 "prim.up2_blur1331x4_pad_2_1",
                 upfirdn2d(x(), &k1331.clone().with_gain(4.0), 2, 1, [2, 1]),
@@ -61,7 +73,9 @@ fn official_primitive_and_crop_cases() {
             .with_num_crops(3)
             .init()
             .unwrap();
-        let crops = sampler.apply(t4(&fx, "crop.input", &device), &draws).unwrap();
+        let crops = sampler
+            .apply(t4(&fx, "crop.input", &device), &draws)
+            .unwrap();
         check(&fx, "crop.output", crops.into_data(), backend);
     }
 }

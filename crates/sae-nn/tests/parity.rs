@@ -113,12 +113,17 @@ fn check_case<M: Module, const D: usize>(
         // A parameter the loss does not depend on gets no gradient in Burn; PyTorch reports
         // zeros for it.
         let actual = actual.unwrap_or_else(|| {
-            TensorData::new(vec![0.0f32; expected.num_elements()], expected.shape().to_vec())
+            TensorData::new(
+                vec![0.0f32; expected.num_elements()],
+                expected.shape().to_vec(),
+            )
         });
         let (err, _, emax) = max_abs_err(&actual, expected);
         report.push((key.clone(), err, emax));
         if err.is_nan() || err > GRAD_RTOL * emax.max(1e-6) {
-            failures.push(format!("{key}: max abs err {err:e} vs max |expected| {emax:e}"));
+            failures.push(format!(
+                "{key}: max abs err {err:e} vs max |expected| {emax:e}"
+            ));
         }
     };
     for (name, input) in &inputs.0 {
@@ -186,7 +191,9 @@ fn run_case(fx: &Fixture, device: &Device) -> Report {
             other => panic!("{}: unknown op `{other}`", fx.name),
         };
     }
-    let module = c["module"].as_str().expect("fixture config names a module or an op");
+    let module = c["module"]
+        .as_str()
+        .expect("fixture config names a module or an op");
     let cin = || fx.cfg_usize("in_channel");
     let cout = || fx.cfg_usize("out_channel");
     let k = || fx.cfg_usize("kernel_size");
@@ -302,7 +309,11 @@ fn all_fixtures() -> Vec<Fixture> {
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 50, "expected the full fixture set, found {}", paths.len());
+    assert!(
+        paths.len() >= 50,
+        "expected the full fixture set, found {}",
+        paths.len()
+    );
     paths.iter().map(|p| Fixture::load(p)).collect()
 }
 

@@ -72,7 +72,8 @@ impl Fixture {
     pub fn cfg_usize(&self, key: &str) -> usize {
         self.config[key]
             .as_u64()
-            .unwrap_or_else(|| panic!("{}: config `{key}` is not an integer", self.name)) as usize
+            .unwrap_or_else(|| panic!("{}: config `{key}` is not an integer", self.name))
+            as usize
     }
 
     pub fn cfg_bool(&self, key: &str) -> bool {
@@ -104,16 +105,22 @@ pub fn official_tiny_dir() -> Option<PathBuf> {
 
 /// The backends compiled into this test build, by name. Each parity test runs on all of them.
 pub fn devices() -> Vec<(&'static str, Device)> {
-    #[allow(unused_mut)]
-    let mut out = Vec::new();
-    #[cfg(feature = "flex")]
-    out.push(("flex", Device::flex()));
-    #[cfg(feature = "ndarray")]
     #[allow(deprecated)]
-    out.push(("ndarray", Device::ndarray()));
-    #[cfg(feature = "wgpu")]
-    out.push(("wgpu", Device::wgpu(Default::default())));
-    out
+    let compiled: [Option<(&'static str, Device)>; 3] = [
+        #[cfg(feature = "flex")]
+        Some(("flex", Device::flex())),
+        #[cfg(not(feature = "flex"))]
+        None,
+        #[cfg(feature = "ndarray")]
+        Some(("ndarray", Device::ndarray())),
+        #[cfg(not(feature = "ndarray"))]
+        None,
+        #[cfg(feature = "wgpu")]
+        Some(("wgpu", Device::wgpu(Default::default()))),
+        #[cfg(not(feature = "wgpu"))]
+        None,
+    ];
+    compiled.into_iter().flatten().collect()
 }
 
 /// Max absolute error and the elementwise-tolerance verdict `|a − e| ≤ atol + rtol·|e|`.
