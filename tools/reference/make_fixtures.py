@@ -14,21 +14,30 @@ Every case reseeds with a CRC of its own name, so adding or reordering cases nev
 other files. Parameters are randomised so that every term matters (a zero bias or a unit
 modulation bias would hide bugs): weights N(0,1), biases N(0,0.1^2), modulation.bias
 1+N(0,0.1^2), noise.weight N(0,0.1^2).
+
+`make_full_official` (also run by default) writes the complete tiny E+G+D+Dpatch model of the
+`sae-model` tests in the official checkpoint format:
+<repo>/crates/sae-model/tests/fixtures/tiny_full_official.{pth,safetensors} (see README.md).
+
+Run: /work/venv-ref/bin/python tools/reference/make_fixtures.py [--only unit|full]
 """
 
+import argparse
 import inspect
 import json
 import sys
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sae_ref as R  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parents[2] / "crates" / "sae-nn" / "tests" / "fixtures"
+FULL_OUT_DIR = Path(__file__).resolve().parents[2] / "crates" / "sae-model" / "tests" / "fixtures"
 
 
 def randomise_(module):
@@ -228,9 +237,175 @@ def make_case(name, config, build):
     return path
 
 
-def main():
+# --------------------------------------------------------------------------------------------
+# tiny_full_official: a complete E+G+D+Dpatch checkpoint in the official format
+# --------------------------------------------------------------------------------------------
+
+FULL_NAME = "tiny_full_official"
+# All constructor options of the four networks (sae_ref.Encoder/Generator/Discriminator/
+# PatchDiscriminator take them by these names). D and Dpatch get explicit channel lists, so
+# netD_scale_capacity and netPatchD_scale_capacity are not used.
+TINY_FULL_CONFIG = {
+    "global_code_ch": 16,
+    "spatial_code_ch": 4,
+    "netE_scale_capacity": 0.125,
+    "netE_num_downsampling_sp": 4,
+    "netE_num_downsampling_gl": 2,
+    "netE_nc_steepness": 2.0,
+    "netG_scale_capacity": 0.03125,
+    "netG_num_base_resnet_layers": 2,
+    "netG_use_noise": True,
+    "use_antialias": True,
+    "num_classes": 0,
+    "crop_size": 32,
+    "netD_channels": [8, 16, 16, 16],           # resolutions 32, 16, 8, 4
+    "patch_size": 16,
+    "netPatchD_channels": [8, 16, 16],          # resolutions 16, 8, 4
+    "netPatchD_max_nc": 16,                     # = ch[4]: convs.5 16 -> 32, convs.6 32 -> 16
+    "netPatchD_pair_channels": [32, 32, 16],    # pairlinear 128 -> 32 -> 32 -> 16 -> 1
+}
+FULL_NUM_D_ITERS = 3
+
+
+def derived_channels(E, G, D, P):
+    """The widths that the constructors derived, for the config metadata and the report."""
+    e_levels = [E.FromRGB.conv.weight.shape[0]] + [
+        b.conv2.conv.weight.shape[0] for b in E.DownToSpatialCode]
+    e_global = [c.conv.weight.shape[0] for c in E.DownToGlobalCode]
+    return {
+        "E_nc_levels": e_levels,                 # nc(0..sp)
+        "E_nc_global": e_global,                 # nc(sp+1..sp+gl)
+        "G_heads": [getattr(G, n).conv1.activate.bias.shape[0] for n in G.head_names],
+        "G_ups": [getattr(G, n).conv1.activate.bias.shape[0] for n in G.up_names],
+        "G_up_names": list(G.up_names),
+        "D_block_names": [n for n in D.convs._modules if n != "0"],
+        "D_side": D.side,
+        "Dpatch_block_names": [n for n in P.convs._modules if n not in ("0", "5", "6")],
+    }
+
+
+def make_full_official():
+    """Write tiny_full_official.pth (torch.save of the OrderedDict, official key order) and
+    tiny_full_official.safetensors (the same tensors as `sd.<official key>`, plus `io.*`)."""
+    cfg = TINY_FULL_CONFIG
+    seed = zlib.crc32(FULL_NAME.encode())
+    torch.manual_seed(seed)
+    E, G = R.Encoder(**cfg), R.Generator(**cfg)
+    D, P = R.Discriminator(**cfg), R.PatchDiscriminator(**cfg)
+    for net in (E, G, D, P):
+        randomise_(net)
+    sd = R.ref_to_official_state_dict(E, G, D, P, num_discriminator_iters=FULL_NUM_D_ITERS)
+    d_keys = R.official_parameter_keys(D, R.D_PREFIX)
+    p_keys = R.official_parameter_keys(P, R.DPATCH_PREFIX)
+    io = {}
+
+    # D: logits and the gradients of sum(d_out * d_gout).
+    x = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
+    d_out = D(x)
+    d_gout = torch.randn_like(d_out)
+    d_params = list(D.named_parameters())
+    grads = torch.autograd.grad((d_out * d_gout).sum(), [x] + [p for _, p in d_params])
+    io.update({"x": x, "d_out": d_out, "d_gout": d_gout, "d_grad_x": grads[0]})
+    for (name, _), g in zip(d_params, grads[1:]):
+        key = d_keys[name]
+        io[f"d_grad.{key}"] = g.reshape(sd[key].shape)
+
+    # Dpatch: aggregated reference features of `patches` against per-crop target features.
+    patches = torch.randn(2, 3, 3, 16, 16).requires_grad_()
+    target = torch.randn(2, 3, 3, 16, 16).requires_grad_()
+    feat_agg = P.extract_features(patches, aggregate=True)
+    with torch.no_grad():
+        feat = P.extract_features(patches, aggregate=False)
+    p_out = P.discriminate_features(feat_agg, P.extract_features(target, aggregate=False))
+    p_gout = torch.randn_like(p_out)
+    p_params = list(P.named_parameters())
+    grads = torch.autograd.grad((p_out * p_gout).sum(),
+                                [patches, target] + [p for _, p in p_params])
+    io.update({"patches": patches, "feat_agg": feat_agg, "feat": feat, "target": target,
+               "p_out": p_out, "p_gout": p_gout, "p_grad_patches": grads[0],
+               "p_grad_target": grads[1]})
+    for (name, _), g in zip(p_params, grads[2:]):
+        key = p_keys[name]
+        io[f"p_grad.{key}"] = g.reshape(sd[key].shape)
+
+    # E and G, no noise anywhere (zero fixed noise, nearest-resized to every layer).
+    e_x = torch.rand(1, 3, 128, 128) * 2 - 1
+    G.set_fixed_noise({n: torch.zeros(1, 1, 1, 1) for n, m in G.named_modules()
+                       if isinstance(m, R.NoiseInjection)})
+    with torch.no_grad():
+        e_sp, e_gl = E(e_x)
+        g_rec = G(e_sp, e_gl)
+    io.update({"e_x": e_x, "e_sp": e_sp, "e_gl": e_gl, "g_rec": g_rec})
+    io = {k: v.detach().float().contiguous() for k, v in io.items()}
+
+    derived = derived_channels(E, G, D, P)
+    meta = {**cfg, "seed": seed, "num_discriminator_iters": FULL_NUM_D_ITERS,
+            "derived": derived,
+            "draws": "after seeding and randomising E, G, D, Dpatch (in that order): x, d_gout, "
+                     "patches, target, p_gout, e_x",
+            "noise": "none: g_rec uses zero noise in every NoiseInjection",
+            # safetensors does not keep an order; this is the .pth (official) key order.
+            "sd_order": list(sd)}
+
+    FULL_OUT_DIR.mkdir(parents=True, exist_ok=True)
+    pth = FULL_OUT_DIR / f"{FULL_NAME}.pth"
+    st = FULL_OUT_DIR / f"{FULL_NAME}.safetensors"
+    torch.save(sd, pth)
+    tensors = {f"sd.{k}": v for k, v in sd.items()}
+    tensors.update({f"io.{k}": v for k, v in io.items()})
+    # A single metadata key: the header's metadata map is written in hash order, so two keys
+    # would make the file differ from run to run.
+    save_file(tensors, str(st), metadata={"config": json.dumps(meta)})
+
+    # Self-checks: both files hold the same state_dict, in official order in the .pth, and the
+    # state_dict loads back into fresh networks that reproduce the stored outputs exactly.
+    back = torch.load(pth, map_location="cpu", weights_only=True)
+    assert isinstance(back, OrderedDict) and list(back) == list(sd)
+    st_back = load_file(str(st))
+    for k, v in sd.items():
+        for other in (back[k], st_back[f"sd.{k}"]):
+            assert other.dtype == v.dtype and torch.equal(other, v), k
+    nets = {"E": (R.Encoder, R.E_PREFIX, E.blur_kernel),
+            "G": (R.Generator, R.G_PREFIX, G.blur_kernel),
+            "D": (R.Discriminator, R.D_PREFIX, [1, 3, 3, 1]),
+            "Dpatch": (R.PatchDiscriminator, R.DPATCH_PREFIX, [1, 3, 3, 1])}
+    fresh = {}
+    for name, (cls, prefix, blur) in nets.items():
+        fresh[name] = cls(**cfg)
+        fresh[name].load_state_dict(R.official_to_ref_state_dict(back, prefix, blur), strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh["D"](io["x"]), io["d_out"])
+        f2 = fresh["Dpatch"].extract_features(io["target"], False)
+        assert torch.equal(fresh["Dpatch"].discriminate_features(io["feat_agg"], f2), io["p_out"])
+        sp2, gl2 = fresh["E"](io["e_x"])
+        assert torch.equal(sp2, io["e_sp"]) and torch.equal(gl2, io["e_gl"])
+        fresh["G"].set_fixed_noise({n: torch.zeros(1, 1, 1, 1)
+                                    for n, m in fresh["G"].named_modules()
+                                    if isinstance(m, R.NoiseInjection)})
+        assert torch.equal(fresh["G"](sp2, gl2), io["g_rec"])
+    return [pth, st], derived, sd, io
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("unit", "full"),
+                        help="write only the sae-nn unit cases or only tiny_full_official")
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     torch.set_default_dtype(torch.float32)
+    if args.only != "full":
+        main_unit()
+    if args.only != "unit":
+        paths, derived, sd, io = make_full_official()
+        total = 0
+        for path in paths:
+            total += path.stat().st_size
+            print(f"{path.stat().st_size:8d}  {path.relative_to(FULL_OUT_DIR.parents[3])}")
+        print(f"{FULL_NAME}: {len(sd)} state_dict entries, {len(io)} io tensors, {total} bytes; "
+              f"derived {json.dumps(derived)}")
+
+
+def main_unit():
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     total = 0
     for name, (config, build) in CASES.items():

@@ -1,13 +1,16 @@
-"""Plain-PyTorch reference implementation of the Swapping Autoencoder layers, E and G.
+"""Plain-PyTorch reference implementation of the Swapping Autoencoder layers, E, G, D and Dpatch.
 
-Written from SAE-SPEC.md (Part I, sections 1-3 and 9), not from the official code. It is the
+Written from SAE-SPEC.md (Part I, sections 1-5 and 9), not from the official code (which was
+only read to settle two D/Dpatch width details the spec leaves implicit: D's 16/32 entries are
+min(512, int(512·m)), and Dpatch's convs.5/6 widths come from netPatchD_max_nc). It is the
 oracle for the Rust (Burn) port: `make_fixtures.py` records its outputs and gradients, and
 `check_official.py` proves it against the fixture produced by the official implementation.
 
 Parameter names follow the *Rust* module paths (`conv.weight`, `act.bias`, 4-D modulated
 weights), not the official state_dict; `official_to_ref_state_dict` does the translation the
-Rust loader must also do (SAE-SPEC 7.3). Everything is float32 on CPU; `lr_mul` is omitted
-because it is 1 in every SAE layer (SAE-SPEC 1.3).
+Rust loader must also do (SAE-SPEC 7.3) and `ref_to_official_state_dict` the inverse (a
+complete official-format state_dict, checked by `check_state_dict.py`). Everything is float32
+on CPU; `lr_mul` is omitted because it is 1 in every SAE layer (SAE-SPEC 1.3).
 """
 
 import math
@@ -399,6 +402,7 @@ class Encoder(nn.Module):
         super().__init__()
         sp, gl = netE_num_downsampling_sp, netE_num_downsampling_gl
         blur = [1, 2, 1] if use_antialias else [1]
+        self.blur_kernel = blur
 
         def nc(i):
             # Python round() is round-half-to-even, as in the official code; capped (76879fd).
@@ -472,6 +476,7 @@ class Generator(nn.Module):
         sp, n = netE_num_downsampling_sp, netG_num_base_resnet_layers
         style_dim = global_code_ch + num_classes
         blur = [1, 3, 3, 1] if use_antialias else [1]
+        self.blur_kernel = blur  # also the official (unused) `ToRGB.upsample.kernel` taps
 
         def nf(j):
             return int(min(512, 128 * 2 ** (sp - j)) * netG_scale_capacity)  # truncation
@@ -514,6 +519,149 @@ class Generator(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# Discriminators D (SAE-SPEC 4) and Dpatch (SAE-SPEC 5)
+# --------------------------------------------------------------------------------------------
+
+
+def _channel_table(explicit, top, default, what):
+    """Channels per resolution {2^top: c, ..., 4: c}: from `explicit` (a list from the highest
+    resolution 2^top down to 4, or a {resolution: channels} dict) or else from `default`."""
+    resolutions = [2**i for i in range(top, 1, -1)]
+    if explicit is None:
+        return {r: default[r] for r in resolutions}
+    if isinstance(explicit, dict):
+        table = {int(r): int(c) for r, c in explicit.items()}
+    else:
+        explicit = list(explicit)
+        if len(explicit) != len(resolutions):
+            raise ValueError(f"{what}: {len(explicit)} channel counts given, but resolutions "
+                             f"{resolutions} need {len(resolutions)}")
+        table = dict(zip(resolutions, (int(c) for c in explicit)))
+    missing = [r for r in resolutions if r not in table]
+    if missing or any(table[r] < 1 for r in resolutions):
+        raise ValueError(f"{what}: need a positive channel count for each of {resolutions}")
+    return {r: table[r] for r in resolutions}
+
+
+def d_default_channels(channel_multiplier=2.0):
+    """The StyleGAN2 D channel table (SAE-SPEC 4; `channel_multiplier = 2·netD_scale_capacity`)."""
+    m = channel_multiplier
+    return {4: 512, 8: 512, 16: min(512, int(512 * m)), 32: min(512, int(512 * m)),
+            64: int(256 * m), 128: int(128 * m), 256: int(64 * m), 512: int(32 * m),
+            1024: int(16 * m)}
+
+
+def dpatch_default_channels(scale_capacity=4.0, max_nc=384):
+    """The Dpatch channel table (SAE-SPEC 5)."""
+    m = scale_capacity
+    return {4: min(max_nc, int(256 * m)), 8: min(max_nc, int(128 * m)),
+            16: min(max_nc, int(64 * m)), 32: int(32 * m), 64: int(16 * m), 128: int(8 * m),
+            256: int(4 * m)}
+
+
+class Discriminator(nn.Module):
+    """StyleGAN2 D without the minibatch-stddev layer (SAE-SPEC 4). Module paths are the
+    official ones below `D.stylegan2_D.` with `Conv`/`Act` spelled `conv`/`act`.
+
+    `netD_channels`: explicit channels, a list for resolutions size, size/2, ..., 4 (size =
+    2^round(log2(crop_size))) or a {resolution: channels} dict; default: the official table with
+    `channel_multiplier = 2·netD_scale_capacity`.
+    """
+
+    def __init__(self, crop_size=256, netD_scale_capacity=1.0, use_antialias=True,
+                 netD_channels=None, **_unused):
+        super().__init__()
+        blur = [1, 3, 3, 1] if use_antialias else [1]
+        size = 2 ** int(round(math.log2(crop_size)))  # a 768 crop runs the 1024 network
+        log_size = int(math.log2(size))
+        ch = _channel_table(netD_channels, log_size,
+                            d_default_channels(2.0 * netD_scale_capacity), "netD_channels")
+        self.channels = ch
+        self.side = int(4 * crop_size / size)  # 4, or 3 for the 768 crop
+
+        convs = [("0", ConvLayer(3, ch[size], 1))]
+        in_ch = ch[size]
+        for i in range(log_size, 2, -1):
+            name = str(9 - i) if i <= 8 else f"{2 ** i}x{2 ** i}"
+            convs.append((name, ResBlock(in_ch, ch[2 ** (i - 1)], blur_kernel=blur)))
+            in_ch = ch[2 ** (i - 1)]
+        self.convs = nn.Sequential(OrderedDict(convs))
+        self.final_conv = ConvLayer(in_ch, ch[4], 3)
+        self.final_linear = nn.Sequential(
+            EqualLinear(ch[4] * self.side**2, ch[4], activation="fused_lrelu"),
+            EqualLinear(ch[4], 1))
+
+    def forward(self, x):
+        out = self.final_conv(self.convs(x))
+        return self.final_linear(out.reshape(out.shape[0], -1))  # (C, H, W) flatten order
+
+
+class PatchDiscriminator(nn.Module):
+    """The patch co-occurrence discriminator (SAE-SPEC 5). Module paths are the official ones
+    below `Dpatch.` with `Conv`/`Act` spelled `conv`/`act`.
+
+    `netPatchD_channels`: explicit channels, a list for resolutions 2^ceil(log2(patch_size)),
+    ..., 4 or a {resolution: channels} dict; default: the official table.
+    `netPatchD_pair_channels`: the three hidden widths of `pairlinear` (default 2048, 2048, 1024).
+    As in the official code `convs.5` is ResBlock(ch[4] -> 2·max_nc, no downsampling),
+    `convs.6` a valid 3x3 ConvLayer 2·max_nc -> max_nc and `pairlinear.0` reads ch[4]·2·2·2
+    features, so the network only works when ch[4] == netPatchD_max_nc (true for every preset).
+    """
+
+    def __init__(self, patch_size=128, netPatchD_scale_capacity=4.0, netPatchD_max_nc=384,
+                 use_antialias=True, netPatchD_channels=None,
+                 netPatchD_pair_channels=(2048, 2048, 1024), **_unused):
+        super().__init__()
+        blur = [1, 3, 3, 1] if use_antialias else [1]
+        log_size = int(math.ceil(math.log2(patch_size)))
+        ch = _channel_table(netPatchD_channels, log_size,
+                            dpatch_default_channels(netPatchD_scale_capacity, netPatchD_max_nc),
+                            "netPatchD_channels")
+        if ch[4] != netPatchD_max_nc:
+            raise ValueError(f"Dpatch: ch[4] = {ch[4]} must equal netPatchD_max_nc = "
+                             f"{netPatchD_max_nc} (pairlinear.0 reads ch[4]·8 features of "
+                             f"the max_nc-channel convs.6 output)")
+        self.channels = ch
+        max_nc = netPatchD_max_nc
+
+        convs = [("0", ConvLayer(3, ch[2 ** log_size], 3))]
+        in_ch = ch[2 ** log_size]
+        for i in range(log_size, 2, -1):
+            name = str(7 - i) if i <= 6 else f"{2 ** i}x{2 ** i}"
+            convs.append((name, ResBlock(in_ch, ch[2 ** (i - 1)], blur_kernel=blur)))
+            in_ch = ch[2 ** (i - 1)]
+        # Official: ResBlock(in, 2·max_nc, downsample=False) keeps the default blur argument,
+        # which is unused without downsampling.
+        convs.append(("5", ResBlock(in_ch, 2 * max_nc, downsample=False)))
+        convs.append(("6", ConvLayer(2 * max_nc, max_nc, 3, pad=0)))
+        self.convs = nn.Sequential(OrderedDict(convs))
+
+        h1, h2, h3 = (int(c) for c in netPatchD_pair_channels)
+        self.pairlinear = nn.Sequential(
+            EqualLinear(ch[4] * 2 * 2 * 2, h1, activation="fused_lrelu"),
+            EqualLinear(h1, h2, activation="fused_lrelu"),
+            EqualLinear(h2, h3, activation="fused_lrelu"),
+            EqualLinear(h3, 1))
+
+    def extract_features(self, patches, aggregate=False):
+        """[B, T, 3, P, P] -> [B·T, max_nc, 2, 2] (for P = 2^k); with `aggregate` every crop's
+        feature is replaced by the mean over the T crops of its image."""
+        if patches.dim() != 5:
+            raise ValueError(
+                f"extract_features expects [B, T, C, P, P], got {tuple(patches.shape)}")
+        b, t = patches.shape[:2]
+        f = self.convs(patches.flatten(0, 1))
+        f = f.reshape(b, t, *f.shape[1:])
+        if aggregate:
+            f = f.mean(dim=1, keepdim=True).expand(-1, t, -1, -1, -1)
+        return f.flatten(0, 1)
+
+    def discriminate_features(self, feature1, feature2):
+        """pairlinear(cat(flatten(f1), flatten(f2))) -> [N, 1]; f1 is the reference."""
+        return self.pairlinear(torch.cat([feature1.flatten(1), feature2.flatten(1)], dim=1))
+
+
+# --------------------------------------------------------------------------------------------
 # Official checkpoint -> reference parameters (SAE-SPEC 7.3)
 # --------------------------------------------------------------------------------------------
 
@@ -528,11 +676,12 @@ def _expected_buffer(key):
 
 
 def official_to_ref_state_dict(sd, prefix, blur_kernel):
-    """Translate the `prefix` ('E.' or 'G.') entries of an official state_dict into this
-    module's names: `Conv`/`Act` -> `conv`/`act`, 5-D modulated weights squeezed, constant
-    buffers checked against make_kernel and dropped (`num_discriminator_iters` and D/Dpatch
-    keys lack the prefix and are ignored). `blur_kernel` is the network's antialias kernel
-    (the encoder global branch's 1x1 kernels are recognised by their shape)."""
+    """Translate the `prefix` entries of an official state_dict into this module's names:
+    `Conv`/`Act` -> `conv`/`act`, 5-D modulated weights squeezed, constant buffers checked
+    against make_kernel and dropped; keys without the prefix are ignored. Prefixes: 'E.', 'G.',
+    D_PREFIX ('D.stylegan2_D.') and DPATCH_PREFIX ('Dpatch.'). `blur_kernel` is the network's
+    antialias kernel (the encoder global branch's 1x1 kernels are recognised by their shape).
+    The inverse is `ref_to_official_state_dict`."""
     out = {}
     for key, value in sd.items():
         if not key.startswith(prefix):
@@ -552,3 +701,86 @@ def official_to_ref_state_dict(sd, prefix, blur_kernel):
             value = value.squeeze(0)
         out[name] = value.float()
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reference modules -> official state_dict (the inverse of official_to_ref_state_dict)
+# --------------------------------------------------------------------------------------------
+
+E_PREFIX, G_PREFIX, D_PREFIX, DPATCH_PREFIX = "E.", "G.", "D.stylegan2_D.", "Dpatch."
+
+
+def official_entries(module, op, rp="", up_kernel=None):
+    """Yield (official key, tensor, reference parameter path or None for a buffer) for
+    `module`, in the order `torch.save(model.state_dict())` writes them: a module's own
+    parameters, then its buffers, then its children in registration order.
+
+    `op` is the official prefix (e.g. 'E.'), `rp` the reference path prefix. Where the
+    reference differs from the official module tree it is handled explicitly:
+    ConvLayer (`Blur`/`Conv`/`Act`, kernel buffer), ModulatedConv2d (5-D weight; `blur.kernel`
+    after the weight and before `modulation`), ToRGB (the unused `upsample.kernel` buffer, taps
+    given by `up_kernel`, which Generator supplies)."""
+    m = module
+    if isinstance(m, Generator):
+        up_kernel = make_kernel(m.blur_kernel) * 4
+    if isinstance(m, ConvLayer):
+        if m.blur is not None:
+            yield op + "Blur.kernel", m.blur.kernel, None
+        yield op + "Conv.weight", m.conv.weight, rp + "conv.weight"
+        if m.conv.bias is not None:
+            yield op + "Conv.bias", m.conv.bias, rp + "conv.bias"
+        if isinstance(m.act, FusedLeakyReLU):
+            yield op + "Act.bias", m.act.bias, rp + "act.bias"
+        return
+    if isinstance(m, ModulatedConv2d):
+        yield op + "weight", m.weight.unsqueeze(0), rp + "weight"
+        if m.upsample:
+            yield op + "blur.kernel", m.blur.kernel, None
+        yield from official_entries(m.modulation, op + "modulation.", rp + "modulation.")
+        return
+    if isinstance(m, ToRGB):
+        if up_kernel is None:
+            raise ValueError("ToRGB.upsample.kernel: export the ToRGB through its Generator")
+        yield op + "bias", m.bias, rp + "bias"
+        yield op + "upsample.kernel", up_kernel, None
+        yield from official_entries(m.conv, op + "conv.", rp + "conv.")
+        return
+    for name, p in m.named_parameters(recurse=False):
+        yield op + name, p, rp + name
+    for name, b in m.named_buffers(recurse=False):
+        if name not in m._non_persistent_buffers_set:
+            yield op + name, b, None
+    for name, child in m.named_children():
+        yield from official_entries(child, f"{op}{name}.", f"{rp}{name}.", up_kernel)
+
+
+def official_parameter_keys(module, prefix):
+    """{reference parameter path: official key} for one network, e.g.
+    official_parameter_keys(D, D_PREFIX)['convs.0.conv.weight'] ==
+    'D.stylegan2_D.convs.0.Conv.weight'."""
+    return {ref: key for key, _, ref in official_entries(module, prefix) if ref is not None}
+
+
+def ref_to_official_state_dict(E=None, G=None, D=None, Dpatch=None, num_discriminator_iters=0):
+    """A complete official-format state_dict (SAE-SPEC 7.1, 7.2, Appendix A) of the given
+    networks: `num_discriminator_iters` (int64 [1]) first, then E, G, D, Dpatch (whichever are
+    given) in module registration order, with the official key names, 5-D `[1, out, in, k, k]`
+    modulated weights and every constant kernel buffer (`Blur.kernel`, `conv.blur.kernel`,
+    `G.ToRGB.upsample.kernel`). Tensors are detached contiguous copies (float32)."""
+    sd = OrderedDict()
+    sd["num_discriminator_iters"] = torch.tensor([int(num_discriminator_iters)], dtype=torch.int64)
+    for net, prefix in ((E, E_PREFIX), (G, G_PREFIX), (D, D_PREFIX), (Dpatch, DPATCH_PREFIX)):
+        if net is None:
+            continue
+        for key, value, _ in official_entries(net, prefix):
+            if key in sd:
+                raise KeyError(f"duplicate official key {key}")
+            sd[key] = value.detach().clone().contiguous()
+    # Every parameter of every network must have been exported exactly once.
+    for net, prefix in ((E, E_PREFIX), (G, G_PREFIX), (D, D_PREFIX), (Dpatch, DPATCH_PREFIX)):
+        if net is not None:
+            exported = set(official_parameter_keys(net, prefix))
+            params = {n for n, _ in net.named_parameters()}
+            if exported != params:
+                raise AssertionError(f"{prefix}: exported {sorted(exported ^ params)} differ")
+    return sd

@@ -15,7 +15,11 @@ use sae_model::{ModelConfig, SwappingAutoencoder};
 use sae_nn::Style;
 
 #[derive(Parser, Debug)]
-#[command(name = "sae", version, about = "Swapping Autoencoder: inspect, convert, encode, swap")]
+#[command(
+    name = "sae",
+    version,
+    about = "Swapping Autoencoder: inspect, convert, encode, swap"
+)]
 struct Cli {
     /// Backend to run on (only the backends compiled into this binary are offered).
     #[arg(long, global = true, value_enum, default_value_t = Backend::default_choice())]
@@ -220,7 +224,11 @@ fn from_tensor(t: Tensor<4>) -> Res<ImageTensor> {
         .convert::<f32>()
         .try_to_vec::<f32>()
         .map_err(|e| format!("reading the output: {e:?}"))?;
-    Ok(ImageTensor { height: h, width: w, data })
+    Ok(ImageTensor {
+        height: h,
+        width: w,
+        data,
+    })
 }
 
 fn load(path: &Path, flag: &str, pre: Preprocess, device: &Device) -> Res<Tensor<4>> {
@@ -229,7 +237,9 @@ fn load(path: &Path, flag: &str, pre: Preprocess, device: &Device) -> Res<Tensor
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn ensure_dir(path: &Path, flag: &str) -> Res<()> {
@@ -242,7 +252,10 @@ fn images_in(dir: &Path, flag: &str) -> Res<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|e| {
-                matches!(e.to_string_lossy().to_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                matches!(
+                    e.to_string_lossy().to_lowercase().as_str(),
+                    "png" | "jpg" | "jpeg"
+                )
             })
         })
         .collect();
@@ -260,8 +273,20 @@ fn save(t: Tensor<4>, path: &Path) -> Res<()> {
 fn info(path: &Path, device: &Device) -> Res<()> {
     let (model, config) = load_model(path, device)?;
     println!("checkpoint: {}", path.display());
-    println!("networks:   E, G{}{}", if model.d.is_some() { ", D" } else { "" }, if model.dpatch.is_some() { ", Dpatch" } else { "" });
-    println!("parameters: E {}  G {}", model.e.num_params(), model.g.num_params());
+    println!(
+        "networks:   E, G{}{}",
+        if model.d.is_some() { ", D" } else { "" },
+        if model.dpatch.is_some() {
+            ", Dpatch"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "parameters: E {}  G {}",
+        model.e.num_params(),
+        model.g.num_params()
+    );
     if let Some(d) = &model.d {
         println!("            D {}", d.num_params());
     }
@@ -269,26 +294,45 @@ fn info(path: &Path, device: &Device) -> Res<()> {
         println!("            Dpatch {}", p.num_params());
     }
     let factor = 1usize << config.encoder.num_downsampling_sp;
-    println!("structure code: {} channels at 1/{factor} resolution; texture code: {} dims", config.encoder.spatial_code_ch, config.encoder.global_code_ch);
-    println!("config:\n{}", serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?);
+    println!(
+        "structure code: {} channels at 1/{factor} resolution; texture code: {} dims",
+        config.encoder.spatial_code_ch, config.encoder.global_code_ch
+    );
+    println!(
+        "config:\n{}",
+        serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?
+    );
     Ok(())
 }
 
-fn write_tensors(path: &Path, tensors: Vec<(String, Tensor<4>)>, extra: Vec<(String, Tensor<2>)>) -> Res<()> {
+fn write_tensors(
+    path: &Path,
+    tensors: Vec<(String, Tensor<4>)>,
+    extra: Vec<(String, Tensor<2>)>,
+) -> Res<()> {
     let mut datas: Vec<(String, burn::tensor::TensorData)> = tensors
         .into_iter()
         .map(|(k, t)| (k, t.into_data().convert::<f32>()))
         .collect();
-    datas.extend(extra.into_iter().map(|(k, t)| (k, t.into_data().convert::<f32>())));
+    datas.extend(
+        extra
+            .into_iter()
+            .map(|(k, t)| (k, t.into_data().convert::<f32>())),
+    );
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = datas
         .iter()
         .map(|(k, d)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, d.shape().to_vec(), d.as_bytes())
-                .expect("f32 data matches its shape");
+            let v = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                d.shape().to_vec(),
+                d.as_bytes(),
+            )
+            .expect("f32 data matches its shape");
             (k.clone(), v)
         })
         .collect();
-    let bytes = safetensors::serialize(views, None::<HashMap<String, String>>).map_err(|e| e.to_string())?;
+    let bytes = safetensors::serialize(views, None::<HashMap<String, String>>)
+        .map_err(|e| e.to_string())?;
     write_atomic(path, &bytes).map_err(|e| e.to_string())
 }
 
@@ -298,7 +342,10 @@ fn run(cli: Cli) -> Res<()> {
         Command::Info { checkpoint } => info(&checkpoint, &device),
         Command::Convert { input, output } => {
             if output.extension().is_none_or(|e| e != "safetensors") {
-                return Err(format!("OUTPUT {}: the native format is safetensors; name it *.safetensors", output.display()));
+                return Err(format!(
+                    "OUTPUT {}: the native format is safetensors; name it *.safetensors",
+                    output.display()
+                ));
             }
             let (model, config) = SwappingAutoencoder::load_official(&input, &device)
                 .map_err(|e| format!("INPUT {}: {e}", input.display()))?;
@@ -306,16 +353,36 @@ fn run(cli: Cli) -> Res<()> {
             println!("wrote {}", output.display());
             Ok(())
         }
-        Command::Encode { checkpoint, image, out, load_size } => {
+        Command::Encode {
+            checkpoint,
+            image,
+            out,
+            load_size,
+        } => {
             check_load_size(load_size)?;
             let (model, _) = load_model(&checkpoint, &device)?;
             let x = load(&image, "--image", preprocess(load_size), &device)?;
             let codes = model.e.forward(x);
-            write_tensors(&out, vec![("structure".into(), codes.structure)], vec![("texture".into(), codes.texture)])?;
+            write_tensors(
+                &out,
+                vec![("structure".into(), codes.structure)],
+                vec![("texture".into(), codes.texture)],
+            )?;
             println!("wrote {}", out.display());
             Ok(())
         }
-        Command::Swap { checkpoint, structure, texture, alpha, mask, out, raw, load_size, noise, seed } => {
+        Command::Swap {
+            checkpoint,
+            structure,
+            texture,
+            alpha,
+            mask,
+            out,
+            raw,
+            load_size,
+            noise,
+            seed,
+        } => {
             check_load_size(load_size)?;
             if let Some(a) = alpha.iter().find(|a| !a.is_finite()) {
                 return Err(format!("--alpha {a}: every alpha must be a finite number"));
@@ -331,8 +398,12 @@ fn run(cli: Cli) -> Res<()> {
             let mask = match &mask {
                 Some(m) => {
                     let [_, _, h, w] = src.structure.dims();
-                    let values = image_io::load_mask(m, h, w).map_err(|e| format!("--mask: {e}"))?;
-                    Some(Tensor::<4>::from_data(burn::tensor::TensorData::new(values, [1, 1, h, w]), &device))
+                    let values =
+                        image_io::load_mask(m, h, w).map_err(|e| format!("--mask: {e}"))?;
+                    Some(Tensor::<4>::from_data(
+                        burn::tensor::TensorData::new(values, [1, 1, h, w]),
+                        &device,
+                    ))
                 }
                 None => None,
             };
@@ -340,7 +411,12 @@ fn run(cli: Cli) -> Res<()> {
             for &a in &alpha {
                 let mix = src.texture.clone() * (1.0 - a) + tgt.clone() * a;
                 let img = match &mask {
-                    Some(m) => dec.decode_masked(src.structure.clone(), mix, src.texture.clone(), m.clone()),
+                    Some(m) => dec.decode_masked(
+                        src.structure.clone(),
+                        mix,
+                        src.texture.clone(),
+                        m.clone(),
+                    ),
                     None => dec.decode(src.structure.clone(), Style::Global(mix)),
                 };
                 let name = format!("{}_{}_{a:.2}.png", stem(&structure), stem(&texture));
@@ -355,7 +431,15 @@ fn run(cli: Cli) -> Res<()> {
             }
             Ok(())
         }
-        Command::Grid { checkpoint, structures, textures, out, load_size, noise, seed } => {
+        Command::Grid {
+            checkpoint,
+            structures,
+            textures,
+            out,
+            load_size,
+            noise,
+            seed,
+        } => {
             check_load_size(load_size)?;
             let (model, _) = load_model(&checkpoint, &device)?;
             let pre = preprocess(load_size);
@@ -389,14 +473,29 @@ fn run(cli: Cli) -> Res<()> {
                 .flatten()
                 .chain(&t_imgs)
                 .fold((0, 0), |(w, h), im| (w.max(im.width()), h.max(im.height())));
-            let mut layout: Vec<Vec<Option<&image_io::RgbImage>>> = vec![std::iter::once(None).chain(t_imgs.iter().map(Some)).collect()];
+            let mut layout: Vec<Vec<Option<&image_io::RgbImage>>> = vec![
+                std::iter::once(None)
+                    .chain(t_imgs.iter().map(Some))
+                    .collect(),
+            ];
             layout.extend(rows.iter().map(|r| r.iter().map(Some).collect()));
             let grid = image_io::grid(&layout, cell);
             image_io::save_rgb8(&grid, &out).map_err(|e| e.to_string())?;
-            println!("wrote {} and {} images in {}", out.display(), s_paths.len() * t_paths.len(), singles.display());
+            println!(
+                "wrote {} and {} images in {}",
+                out.display(),
+                s_paths.len() * t_paths.len(),
+                singles.display()
+            );
             Ok(())
         }
-        Command::EvalExport { checkpoint, dataroot, out, noise, seed } => {
+        Command::EvalExport {
+            checkpoint,
+            dataroot,
+            out,
+            noise,
+            seed,
+        } => {
             let (model, _) = load_model(&checkpoint, &device)?;
             let s_dir = dataroot.join("input_structure");
             let t_dir = dataroot.join("input_style");
@@ -408,17 +507,31 @@ fn run(cli: Cli) -> Res<()> {
                 let name = s.file_name().expect("listed files have names");
                 let t = t_dir.join(name);
                 if !t.exists() {
-                    return Err(format!("--dataroot: {} has no partner {}", s.display(), t.display()));
+                    return Err(format!(
+                        "--dataroot: {} has no partner {}",
+                        s.display(),
+                        t.display()
+                    ));
                 }
-                let xs = load(s, "--dataroot", Preprocess::Unchanged, &device)?;
-                let xt = load(&t, "--dataroot", Preprocess::Unchanged, &device)?;
+                // The official evaluator loads these without any resize: they must be pre-sized.
+                let raw = |p: &Path| -> Res<Tensor<4>> {
+                    let img = image_io::load_rgb(p).map_err(|e| format!("--dataroot: {e}"))?;
+                    Ok(to_tensor(&ImageTensor::from_rgb8(&img), &device))
+                };
+                let (xs, xt) = (raw(s)?, raw(&t)?);
                 let cs = dec.encode(xs.clone());
                 let gt = dec.encode(xt.clone()).texture;
                 let f = stem(s);
                 save(xs, &images.join(format!("{f}_structure.png")))?;
                 save(xt, &images.join(format!("{f}_style.png")))?;
-                save(dec.decode(cs.structure.clone(), Style::Global(cs.texture)), &images.join(format!("{f}_rec.png")))?;
-                save(dec.decode(cs.structure, Style::Global(gt)), &images.join(format!("{f}_swap.png")))?;
+                save(
+                    dec.decode(cs.structure.clone(), Style::Global(cs.texture)),
+                    &images.join(format!("{f}_rec.png")),
+                )?;
+                save(
+                    dec.decode(cs.structure, Style::Global(gt)),
+                    &images.join(format!("{f}_swap.png")),
+                )?;
             }
             println!("wrote {} pairs to {}", files.len(), images.display());
             Ok(())

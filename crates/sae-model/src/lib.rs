@@ -12,6 +12,7 @@ pub mod config;
 pub mod discriminator;
 pub mod encoder;
 pub mod generator;
+pub mod image_io;
 pub mod inference;
 pub mod model;
 pub mod native;

@@ -1,0 +1,291 @@
+//! The `sae` binary end to end: every command on a small native checkpoint and the shipped demo
+//! images, and bad flags named in the error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use sae_model::native::save_native;
+use sae_model::{EncoderConfig, GeneratorConfig, ModelConfig};
+
+fn sae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args)
+        .output()
+        .expect("sae runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sae-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn asset(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../assets/images")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A small E+G checkpoint in the native format.
+fn checkpoint(dir: &Path) -> String {
+    let config = ModelConfig {
+        encoder: EncoderConfig::new(vec![4, 8, 8, 16, 16, 16, 16], 4, 4, 16),
+        generator: GeneratorConfig::new(4, 16, vec![8, 16], vec![16, 8, 8, 4]),
+        discriminator: None,
+        patch_discriminator: None,
+    };
+    let path = dir.join("model.safetensors");
+    save_native(&config.init(&Device::default()), &config, &path).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn info_encode_and_swap() {
+    let dir = workdir("swap");
+    let ckpt = checkpoint(&dir);
+    let o = sae(&["info", &ckpt]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("networks:   E, G\n"), "{text}");
+    assert!(text.contains("texture code: 16 dims"), "{text}");
+
+    let codes = dir.join("codes.safetensors");
+    let o = sae(&[
+        "encode",
+        "--checkpoint",
+        &ckpt,
+        "--image",
+        &asset("scene_a.png"),
+        "--out",
+        codes.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&codes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("structure").unwrap().shape(), [1, 4, 8, 8]);
+    assert_eq!(st.tensor("texture").unwrap().shape(), [1, 16]);
+
+    let out = dir.join("swap");
+    let o = sae(&[
+        "swap",
+        "--checkpoint",
+        &ckpt,
+        "--structure",
+        &asset("scene_a.png"),
+        "--texture",
+        &asset("scene_b.png"),
+        "--alpha",
+        "0,0.5,1",
+        "--out",
+        out.to_str().unwrap(),
+        "--raw",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for a in ["0.00", "0.50", "1.00"] {
+        assert!(out.join(format!("scene_a_scene_b_{a}.png")).exists());
+    }
+    let bytes = std::fs::read(out.join("outputs.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(names, ["alpha_0.00", "alpha_0.50", "alpha_1.00"]);
+    assert_eq!(st.tensor("alpha_1.00").unwrap().shape(), [1, 3, 128, 128]);
+
+    // With fixed noise (the default) a second run writes the same raw outputs.
+    let again = dir.join("again");
+    let o = sae(&[
+        "swap",
+        "--checkpoint",
+        &ckpt,
+        "--structure",
+        &asset("scene_a.png"),
+        "--texture",
+        &asset("scene_b.png"),
+        "--alpha",
+        "0,0.5,1",
+        "--out",
+        again.to_str().unwrap(),
+        "--raw",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(out.join("outputs.safetensors")).unwrap(),
+        std::fs::read(again.join("outputs.safetensors")).unwrap()
+    );
+
+    // A mask: white swaps the texture, black keeps it.
+    let masked = dir.join("masked");
+    let o = sae(&[
+        "swap",
+        "--checkpoint",
+        &ckpt,
+        "--structure",
+        &asset("scene_a.png"),
+        "--texture",
+        &asset("scene_b.png"),
+        "--mask",
+        &asset("scene_c.png"),
+        "--out",
+        masked.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(masked.join("scene_a_scene_b_1.00.png").exists());
+}
+
+#[test]
+fn grid_and_eval_export_layouts() {
+    let dir = workdir("grid");
+    let ckpt = checkpoint(&dir);
+    let (s, t) = (dir.join("structure"), dir.join("style"));
+    for (d, names) in [
+        (&s, ["scene_a.png", "scene_b.png"]),
+        (&t, ["scene_b.png", "scene_c.png"]),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+        for n in names {
+            std::fs::copy(asset(n), d.join(n)).unwrap();
+        }
+    }
+    let grid = dir.join("grid.png");
+    let o = sae(&[
+        "grid",
+        "--checkpoint",
+        &ckpt,
+        "--structures",
+        s.to_str().unwrap(),
+        "--textures",
+        t.to_str().unwrap(),
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image_size(&grid);
+    assert_eq!(
+        img,
+        (3 * 128, 3 * 128),
+        "white corner + 2 textures across, 2 structures down"
+    );
+    assert!(dir.join("grid/scene_a_scene_c.png").exists());
+
+    let root = dir.join("eval");
+    for (sub, n) in [
+        ("input_structure", "scene_a.png"),
+        ("input_style", "scene_b.png"),
+    ] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+        std::fs::copy(asset(n), root.join(sub).join("pair0.png")).unwrap();
+    }
+    let out = dir.join("eval_out");
+    let o = sae(&[
+        "eval-export",
+        "--checkpoint",
+        &ckpt,
+        "--dataroot",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for suffix in ["structure", "style", "rec", "swap"] {
+        assert!(
+            out.join(format!("images/pair0_{suffix}.png")).exists(),
+            "{suffix}"
+        );
+    }
+}
+
+fn image_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    // PNG IHDR: width and height are the big-endian u32s at bytes 16..24.
+    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    (w, h)
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = workdir("bad");
+    let ckpt = checkpoint(&dir);
+    let out = dir.join("o");
+    let o = sae(&[
+        "swap",
+        "--checkpoint",
+        &ckpt,
+        "--structure",
+        "missing.png",
+        "--texture",
+        &asset("scene_b.png"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--structure"), "{}", stderr(&o));
+
+    let o = sae(&[
+        "swap",
+        "--checkpoint",
+        &ckpt,
+        "--structure",
+        &asset("scene_a.png"),
+        "--texture",
+        &asset("scene_b.png"),
+        "--out",
+        out.to_str().unwrap(),
+        "--alpha",
+        "0,x",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--alpha"), "{}", stderr(&o));
+
+    let o = sae(&[
+        "swap",
+        "--checkpoint",
+        &ckpt,
+        "--structure",
+        &asset("scene_a.png"),
+        "--texture",
+        &asset("scene_b.png"),
+        "--out",
+        out.to_str().unwrap(),
+        "--load-size",
+        "8",
+    ]);
+    assert!(stderr(&o).contains("--load-size 8"), "{}", stderr(&o));
+
+    let not_image = dir.join("not_image.png");
+    std::fs::write(&not_image, "plain text").unwrap();
+    let o = sae(&[
+        "encode",
+        "--checkpoint",
+        &ckpt,
+        "--image",
+        not_image.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--image") && stderr(&o).contains("not_image.png"),
+        "{}",
+        stderr(&o)
+    );
+
+    let bogus = dir.join("bogus.safetensors");
+    std::fs::write(&bogus, "nope").unwrap();
+    let o = sae(&["info", bogus.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bogus.safetensors"), "{}", stderr(&o));
+
+    let o = sae(&["convert", &ckpt, dir.join("x.bin").to_str().unwrap()]);
+    assert!(stderr(&o).contains("OUTPUT"), "{}", stderr(&o));
+
+    let o = sae(&["--device", "tpu", "info", &ckpt]);
+    assert!(stderr(&o).contains("--device"), "{}", stderr(&o));
+}
