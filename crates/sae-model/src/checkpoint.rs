@@ -136,12 +136,14 @@ fn numbered(tensors: &OfficialTensors, prefix: &str) -> Vec<usize> {
 }
 
 /// Block names of a StyleGAN2-style `convs` list: `NxN` names and small integers, mapped to
-/// their resolution exponent `i` (`NxN` → log2 N; integer `n` → `base − n`).
+/// their resolution exponent `i` (`NxN` → log2 N; integer `n` → `base − n`), highest first.
 fn block_exponents(tensors: &OfficialTensors, prefix: &str, base: usize) -> Vec<(String, usize)> {
     let mut names: Vec<(String, usize)> = tensors
         .keys()
         .filter_map(|k| k.strip_prefix(prefix))
         .filter_map(|rest| rest.split('.').next())
+        // `convs.0` is the stem (from RGB), not a block.
+        .filter(|name| *name != "0")
         .filter_map(|name| {
             let i = if let Some((a, _)) = name.split_once('x') {
                 a.parse::<usize>().ok()?.checked_ilog2()? as usize
@@ -281,7 +283,7 @@ pub fn infer_discriminator(
         "D's width",
     )?];
     let mut blur = vec![1.0, 3.0, 3.0, 1.0];
-    for (name, _) in blocks.iter().filter(|(n, _)| n != "0") {
+    for (name, _) in &blocks {
         channels.push(dim(
             t,
             &format!("{D_PREFIX}convs.{name}.conv2.Conv.weight"),
@@ -505,10 +507,7 @@ pub struct Remapped {
 /// Applies the key-remap table and the tensor rules to a whole checkpoint.
 pub fn remap_checkpoint(t: &OfficialTensors) -> Result<Remapped, CheckpointError> {
     let sp = numbered(t, "E.DownToSpatialCode.ResBlockDownBy").len();
-    let d_blocks: Vec<_> = block_exponents(t, &format!("{D_PREFIX}convs."), 9)
-        .into_iter()
-        .filter(|(n, _)| n != "0")
-        .collect();
+    let d_blocks = block_exponents(t, &format!("{D_PREFIX}convs."), 9);
     let p_blocks: Vec<_> = block_exponents(t, "Dpatch.convs.", 7)
         .into_iter()
         .filter(|(_, i)| *i >= 3)
