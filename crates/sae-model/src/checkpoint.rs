@@ -96,34 +96,39 @@ pub enum CheckpointError {
 /// A checkpoint's tensors, by official key, as plain data.
 pub type OfficialTensors = BTreeMap<String, TensorData>;
 
+/// A checkpoint's tensor shapes, by official key: all the configuration is inferred from.
+pub type ShapeMap = BTreeMap<String, Vec<usize>>;
+
+/// The shapes of a checkpoint's tensors.
+pub fn shapes(tensors: &OfficialTensors) -> ShapeMap {
+    tensors.iter().map(|(k, t)| (k.clone(), shape(t))).collect()
+}
+
 fn shape(t: &TensorData) -> Vec<usize> {
     t.shape().to_vec()
 }
 
 fn dim(
-    tensors: &OfficialTensors,
+    shapes: &ShapeMap,
     key: &str,
     axis: usize,
     what: &'static str,
 ) -> Result<usize, CheckpointError> {
-    let t = tensors
-        .get(key)
-        .ok_or_else(|| CheckpointError::MissingKey {
-            key: key.to_string(),
-            what,
-        })?;
-    shape(t)
-        .get(axis)
+    let s = shapes.get(key).ok_or_else(|| CheckpointError::MissingKey {
+        key: key.to_string(),
+        what,
+    })?;
+    s.get(axis)
         .copied()
         .ok_or_else(|| CheckpointError::BadShape {
             key: key.to_string(),
-            found: shape(t),
+            found: s.clone(),
             expected: format!("at least {} dimensions", axis + 1),
         })
 }
 
 /// Numbers `n` such that `prefix{n}suffix` is a key (e.g. every `ResBlockDownBy{n}`).
-fn numbered(tensors: &OfficialTensors, prefix: &str) -> Vec<usize> {
+fn numbered<V>(tensors: &BTreeMap<String, V>, prefix: &str) -> Vec<usize> {
     let mut out: Vec<usize> = tensors
         .keys()
         .filter_map(|k| k.strip_prefix(prefix))
@@ -137,7 +142,11 @@ fn numbered(tensors: &OfficialTensors, prefix: &str) -> Vec<usize> {
 
 /// Block names of a StyleGAN2-style `convs` list: `NxN` names and small integers, mapped to
 /// their resolution exponent `i` (`NxN` → log2 N; integer `n` → `base − n`), highest first.
-fn block_exponents(tensors: &OfficialTensors, prefix: &str, base: usize) -> Vec<(String, usize)> {
+fn block_exponents<V>(
+    tensors: &BTreeMap<String, V>,
+    prefix: &str,
+    base: usize,
+) -> Vec<(String, usize)> {
     let mut names: Vec<(String, usize)> = tensors
         .keys()
         .filter_map(|k| k.strip_prefix(prefix))
@@ -172,19 +181,15 @@ fn taps_of_side(k: usize, key: &str, found: &[usize]) -> Result<Vec<f32>, Checkp
     }
 }
 
-fn blur_of(
-    tensors: &OfficialTensors,
-    key: &str,
-    default: &[f32],
-) -> Result<Vec<f32>, CheckpointError> {
-    match tensors.get(key) {
-        Some(t) => taps_of_side(shape(t)[0], key, &shape(t)),
+fn blur_of(shapes: &ShapeMap, key: &str, default: &[f32]) -> Result<Vec<f32>, CheckpointError> {
+    match shapes.get(key) {
+        Some(s) => taps_of_side(s.first().copied().unwrap_or(0), key, s),
         None => Ok(default.to_vec()),
     }
 }
 
 /// The encoder's configuration, read from `E.*` shapes.
-pub fn infer_encoder(t: &OfficialTensors) -> Result<EncoderConfig, CheckpointError> {
+pub fn infer_encoder(t: &ShapeMap) -> Result<EncoderConfig, CheckpointError> {
     let sp = numbered(t, "E.DownToSpatialCode.ResBlockDownBy").len();
     let gl_names = numbered(t, "E.DownToGlobalCode.ConvLayerDownBy");
     let mut channels = vec![dim(t, "E.FromRGB.Conv.weight", 0, "the encoder width")?];
@@ -223,7 +228,7 @@ pub fn infer_encoder(t: &OfficialTensors) -> Result<EncoderConfig, CheckpointErr
 
 /// The generator's configuration, read from `G.*` shapes. `use_noise` cannot be read from a
 /// file (the noise strengths exist either way); it is `true`, the value of every preset.
-pub fn infer_generator(t: &OfficialTensors) -> Result<GeneratorConfig, CheckpointError> {
+pub fn infer_generator(t: &ShapeMap) -> Result<GeneratorConfig, CheckpointError> {
     let heads = numbered(t, "G.HeadResnetBlock");
     let ups = numbered(t, "G.UpsamplingResBlock");
     let head_channels = (0..heads.len())
@@ -269,9 +274,7 @@ pub fn infer_generator(t: &OfficialTensors) -> Result<GeneratorConfig, Checkpoin
 const D_PREFIX: &str = "D.stylegan2_D.";
 
 /// The image discriminator's configuration, or `None` when the file has no `D.*` keys.
-pub fn infer_discriminator(
-    t: &OfficialTensors,
-) -> Result<Option<DiscriminatorConfig>, CheckpointError> {
+pub fn infer_discriminator(t: &ShapeMap) -> Result<Option<DiscriminatorConfig>, CheckpointError> {
     if !t.keys().any(|k| k.starts_with(D_PREFIX)) {
         return Ok(None);
     }
@@ -304,7 +307,7 @@ pub fn infer_discriminator(
             .find(|s| last * s * s == features)
             .ok_or_else(|| CheckpointError::BadShape {
                 key: key.clone(),
-                found: shape(&t[&key]),
+                found: t[&key].clone(),
                 expected: format!("[_, {last}·side²]"),
             })?;
     Ok(Some(
@@ -314,7 +317,7 @@ pub fn infer_discriminator(
 
 /// The patch discriminator's configuration, or `None` when the file has no `Dpatch.*` keys.
 pub fn infer_patch_discriminator(
-    t: &OfficialTensors,
+    t: &ShapeMap,
 ) -> Result<Option<PatchDiscriminatorConfig>, CheckpointError> {
     if !t.keys().any(|k| k.starts_with("Dpatch.")) {
         return Ok(None);
@@ -495,6 +498,23 @@ fn check_kernel(key: &str, t: &TensorData) -> Result<(), CheckpointError> {
     Ok(())
 }
 
+/// Where each official key goes: `(network, parameter path)`, or `None` for a buffer. Needs
+/// only the key names (the block numbering depends on which blocks exist).
+pub fn key_targets(
+    shapes: &ShapeMap,
+) -> Result<BTreeMap<String, Option<(Net, String)>>, CheckpointError> {
+    let sp = numbered(shapes, "E.DownToSpatialCode.ResBlockDownBy").len();
+    let d_blocks = block_exponents(shapes, &format!("{D_PREFIX}convs."), 9);
+    let p_blocks: Vec<_> = block_exponents(shapes, "Dpatch.convs.", 7)
+        .into_iter()
+        .filter(|(_, i)| *i >= 3)
+        .collect();
+    shapes
+        .keys()
+        .map(|key| Ok((key.clone(), remap(key, sp, &d_blocks, &p_blocks)?)))
+        .collect()
+}
+
 /// The parameters of each network by path, ready for [`sae_nn::load_params`], plus the
 /// path → official-key table for error messages.
 pub struct Remapped {
@@ -506,16 +526,11 @@ pub struct Remapped {
 
 /// Applies the key-remap table and the tensor rules to a whole checkpoint.
 pub fn remap_checkpoint(t: &OfficialTensors) -> Result<Remapped, CheckpointError> {
-    let sp = numbered(t, "E.DownToSpatialCode.ResBlockDownBy").len();
-    let d_blocks = block_exponents(t, &format!("{D_PREFIX}convs."), 9);
-    let p_blocks: Vec<_> = block_exponents(t, "Dpatch.convs.", 7)
-        .into_iter()
-        .filter(|(_, i)| *i >= 3)
-        .collect();
+    let targets = key_targets(&shapes(t))?;
     let mut nets: BTreeMap<Net, BTreeMap<String, TensorData>> = BTreeMap::new();
     let mut official = BTreeMap::new();
     for (key, tensor) in t {
-        match remap(key, sp, &d_blocks, &p_blocks)? {
+        match targets[key].clone() {
             None => check_kernel(key, tensor)?,
             Some((net, path)) => {
                 let mut tensor = tensor.clone();

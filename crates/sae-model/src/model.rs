@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::checkpoint::{
-    CheckpointError, Net, OfficialTensors, infer_discriminator, infer_encoder, infer_generator,
-    infer_patch_discriminator, remap_checkpoint,
+    CheckpointError, Net, OfficialTensors, ShapeMap, infer_discriminator, infer_encoder,
+    infer_generator, infer_patch_discriminator, remap_checkpoint, shapes,
 };
 use crate::config::SwappingAutoencoderConfig;
 use crate::discriminator::{
@@ -58,12 +58,12 @@ impl ModelConfig {
 
     /// Reads the configuration from a checkpoint's shapes (spec 7.3): nothing is assumed from a
     /// preset, so any official configuration, including non-preset widths, loads.
-    pub fn from_official(tensors: &OfficialTensors) -> Result<Self, CheckpointError> {
+    pub fn from_official(shapes: &ShapeMap) -> Result<Self, CheckpointError> {
         Ok(ModelConfig {
-            encoder: infer_encoder(tensors)?,
-            generator: infer_generator(tensors)?,
-            discriminator: infer_discriminator(tensors)?,
-            patch_discriminator: infer_patch_discriminator(tensors)?,
+            encoder: infer_encoder(shapes)?,
+            generator: infer_generator(shapes)?,
+            discriminator: infer_discriminator(shapes)?,
+            patch_discriminator: infer_patch_discriminator(shapes)?,
         })
     }
 }
@@ -137,7 +137,7 @@ impl SwappingAutoencoder {
         tensors: &OfficialTensors,
         device: &Device,
     ) -> Result<(Self, ModelConfig), LoadError> {
-        let config = ModelConfig::from_official(tensors)?;
+        let config = ModelConfig::from_official(&shapes(tensors))?;
         let remapped = remap_checkpoint(tensors)?;
         let model = config.init(device);
         let empty = BTreeMap::new();

@@ -50,5 +50,5 @@ pub use modulated::{
     StyledConv, StyledConvConfig, ToRgb, ToRgbConfig,
 };
 pub use noise::{Noise, NoiseInjection, NoiseInjectionConfig, NoiseRng};
-pub use params::{NamedParam, ParamError, collect_params, load_params};
+pub use params::{NamedParam, ParamError, collect_params, load_params, param_shapes};
 pub use resample::{bilinear_resize, bilinear_up2, nearest_resize};

@@ -106,6 +106,35 @@ pub fn collect_params<M: Module>(module: &M, grads: Option<&Gradients>) -> Vec<N
     collector.out
 }
 
+struct ShapeCollector {
+    path: PathStack,
+    out: Vec<(String, Vec<usize>)>,
+}
+
+impl ModuleVisitor for ShapeCollector {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.out
+            .push((self.path.current(), param.lazy_shape().to_vec()));
+    }
+}
+
+/// Every float parameter's path and shape, without initialising lazily-initialised parameters
+/// (so a full-size model can be described without allocating its weights).
+pub fn param_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut collector = ShapeCollector {
+        path: PathStack::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut collector);
+    collector.out
+}
+
 struct Loader<'a> {
     path: PathStack,
     tensors: &'a BTreeMap<String, TensorData>,
