@@ -46,6 +46,24 @@ fn checkpoint(dir: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// `sae swap` of the demo scenes a (structure) and b (texture) at α = 0, 0.5, 1, with `--raw`.
+fn swap_raw(ckpt: &str, out: &Path) -> Output {
+    sae(&[
+        "swap",
+        "--checkpoint",
+        ckpt,
+        "--structure",
+        &asset("scene_a.png"),
+        "--texture",
+        &asset("scene_b.png"),
+        "--alpha",
+        "0,0.5,1",
+        "--out",
+        out.to_str().unwrap(),
+        "--raw",
+    ])
+}
+
 #[test]
 fn info_encode_and_swap() {
     let dir = workdir("swap");
@@ -73,20 +91,7 @@ fn info_encode_and_swap() {
     assert_eq!(st.tensor("texture").unwrap().shape(), [1, 16]);
 
     let out = dir.join("swap");
-    let o = sae(&[
-        "swap",
-        "--checkpoint",
-        &ckpt,
-        "--structure",
-        &asset("scene_a.png"),
-        "--texture",
-        &asset("scene_b.png"),
-        "--alpha",
-        "0,0.5,1",
-        "--out",
-        out.to_str().unwrap(),
-        "--raw",
-    ]);
+    let o = swap_raw(&ckpt, &out);
     assert!(o.status.success(), "{}", stderr(&o));
     for a in ["0.00", "0.50", "1.00"] {
         assert!(out.join(format!("scene_a_scene_b_{a}.png")).exists());
@@ -100,20 +105,7 @@ fn info_encode_and_swap() {
 
     // With fixed noise (the default) a second run writes the same raw outputs.
     let again = dir.join("again");
-    let o = sae(&[
-        "swap",
-        "--checkpoint",
-        &ckpt,
-        "--structure",
-        &asset("scene_a.png"),
-        "--texture",
-        &asset("scene_b.png"),
-        "--alpha",
-        "0,0.5,1",
-        "--out",
-        again.to_str().unwrap(),
-        "--raw",
-    ]);
+    let o = swap_raw(&ckpt, &again);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read(out.join("outputs.safetensors")).unwrap(),

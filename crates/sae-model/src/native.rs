@@ -91,6 +91,16 @@ fn net_params<M: Module>(prefix: &str, net: &M, out: &mut Vec<(String, TensorDat
     }
 }
 
+/// A little-endian F32 safetensors view as [`TensorData`] (the caller checks the dtype).
+pub fn f32_view_data(view: &TensorView<'_>) -> TensorData {
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    TensorData::new(values, view.shape().to_vec())
+}
+
 /// Saves the model and its configuration.
 pub fn save_native(
     model: &SwappingAutoencoder,
@@ -169,15 +179,9 @@ pub fn load_native(
             "dpatch" => "dpatch",
             _ => return Err(format_err(format!("tensor `{name}` belongs to no network"))),
         };
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        nets.entry(net).or_default().insert(
-            path.to_string(),
-            TensorData::new(values, view.shape().to_vec()),
-        );
+        nets.entry(net)
+            .or_default()
+            .insert(path.to_string(), f32_view_data(&view));
     }
     let model = config.init(device);
     let empty = BTreeMap::new();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use sae_model::checkpoint::{CheckpointError, OfficialTensors};
 use sae_model::model::read_official_tensors;
+use sae_model::native::f32_view_data;
 use sae_model::pth::PthError;
 use sae_model::{GeneratorNoise, LoadError, SwappingAutoencoder};
 use sae_nn::{ParamError, Style, collect_params};
@@ -26,17 +27,7 @@ fn read_io() -> BTreeMap<String, TensorData> {
     st.tensors()
         .into_iter()
         .filter(|(name, _)| name.starts_with("io."))
-        .map(|(name, view)| {
-            let v: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (
-                name[3..].to_string(),
-                TensorData::new(v, view.shape().to_vec()),
-            )
-        })
+        .map(|(name, view)| (name[3..].to_string(), f32_view_data(&view)))
         .collect()
 }
 

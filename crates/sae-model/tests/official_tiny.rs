@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
+use sae_model::native::f32_view_data;
 use sae_model::{GeneratorNoise, SwappingAutoencoder};
 use sae_nn::Style;
 use safetensors::SafeTensors;
@@ -27,14 +28,7 @@ fn read_io(path: &Path) -> BTreeMap<String, TensorData> {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
-        .map(|(name, view)| {
-            let v: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, TensorData::new(v, view.shape().to_vec()))
-        })
+        .map(|(name, view)| (name, f32_view_data(&view)))
         .collect()
 }
 
