@@ -15,3 +15,4 @@
 pub use burn;
 pub use sae_model as model;
 pub use sae_nn as nn;
+pub use sae_train as train;

@@ -1,0 +1,3 @@
+//! Swapping Autoencoder training (spec Part III).
+
+pub mod data;
