@@ -4,7 +4,8 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use sae_nn::{
-    ConvLayer, ConvLayerConfig, EqualLinear, EqualLinearConfig, ResBlock, ResBlockConfig,
+    ConvLayer, ConvLayerConfig, ConvLayerTape, EqualLinear, EqualLinearConfig, ResBlock,
+    ResBlockConfig, ResBlockTape,
 };
 
 fn resblocks(channels: &[usize], blur: &[f32], device: &Device) -> Vec<ResBlock> {
@@ -91,21 +92,80 @@ impl Discriminator {
     /// # Panics
     /// If `x` does not have the training crop size.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let h = self
-            .blocks
-            .iter()
-            .fold(self.from_rgb.forward(x), |h, b| b.forward(h));
-        let h = flatten(self.final_conv.forward(h));
+        self.forward_taped(x).0
+    }
+
+    fn forward_taped(&self, x: Tensor<4>) -> (Tensor<2>, DiscriminatorTape) {
+        let (mut h, from_rgb) = self.from_rgb.forward_taped(x);
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (y, tape) = block.forward_taped(h);
+            blocks.push(tape);
+            h = y;
+        }
+        let (h, final_conv) = self.final_conv.forward_taped(h);
+        let final_dims = h.dims();
+        let h = flatten(h);
         let expected = self.final_linear[0].in_features();
         assert!(
             h.dims()[1] == expected,
             "Discriminator: the input size does not match the training crop (final features {} instead of {expected})",
             h.dims()[1]
         );
-        self.final_linear
-            .iter()
-            .fold(h, |h, layer| layer.forward(h))
+        let mut linear_pre = Vec::with_capacity(self.final_linear.len());
+        let mut h = h;
+        for layer in &self.final_linear {
+            let (y, pre) = layer.forward_taped(h);
+            linear_pre.push(pre);
+            h = y;
+        }
+        let tape = DiscriminatorTape {
+            from_rgb,
+            blocks,
+            final_conv,
+            final_dims,
+            linear_pre,
+        };
+        (h, tape)
     }
+
+    /// `∂(Σ_b D(x)_b)/∂x`, the gradient of the R1 penalty (spec 8.3), as an expression that is
+    /// differentiable in D's weights.
+    ///
+    /// Burn has no double backward, so this is the hand-written input vector-Jacobian product
+    /// of every layer (see [`ConvLayer::input_vjp`]): a forward pass on a frozen copy records
+    /// the activation signs, then the VJPs run backwards on the trainable weights. Calling
+    /// `backward()` on a function of the result (e.g. `Σ g²`) gives exactly the parameter
+    /// gradients that PyTorch's `create_graph=True` gives. Biases before an activation only
+    /// move the activation signs, so they get no gradient (PyTorch gives them zeros); the last
+    /// layer's bias is not involved at all.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, 3, size, size]`; output: the same
+    pub fn input_gradient(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, ..] = x.dims();
+        let device = x.device();
+        let (_, tape) = self.clone().no_grad().forward_taped(x.detach());
+        let mut g: Tensor<2> = Tensor::ones([b, 1], &device);
+        for (layer, pre) in self.final_linear.iter().zip(&tape.linear_pre).rev() {
+            g = layer.input_vjp(pre.as_ref(), g);
+        }
+        let g = g.reshape(tape.final_dims);
+        let mut g = self.final_conv.input_vjp(&tape.final_conv, g);
+        for (block, t) in self.blocks.iter().zip(&tape.blocks).rev() {
+            g = block.input_vjp(t, g);
+        }
+        self.from_rgb.input_vjp(&tape.from_rgb, g)
+    }
+}
+
+/// What D's forward pass leaves for [`Discriminator::input_gradient`].
+struct DiscriminatorTape {
+    from_rgb: ConvLayerTape,
+    blocks: Vec<ResBlockTape>,
+    final_conv: ConvLayerTape,
+    final_dims: [usize; 4],
+    linear_pre: Vec<Option<Tensor<2>>>,
 }
 
 /// Explicit configuration of a [`PatchDiscriminator`].
@@ -186,21 +246,13 @@ impl PatchDiscriminator {
     /// - `patches`: `[batch, crops, 3, p, p]`
     /// - output: `[batch·crops, C, 2, 2]`
     pub fn extract_features(&self, patches: Tensor<5>, aggregate: bool) -> Tensor<4> {
-        let [b, t, c, h, w] = patches.dims();
-        let x = patches.reshape([b * t, c, h, w]);
-        let x = self
-            .blocks
-            .iter()
-            .fold(self.from_rgb.forward(x), |h, blk| blk.forward(h));
-        let f = self.final_conv.forward(self.extra_block.forward(x));
-        if !aggregate {
-            return f;
+        let [b, t, ..] = patches.dims();
+        let f = self.extract_features_taped(patches).0;
+        if aggregate {
+            aggregate_crops(f, b, t)
+        } else {
+            f
         }
-        let [_, fc, fh, fw] = f.dims();
-        f.reshape([b, t, fc, fh, fw])
-            .mean_dim(1)
-            .expand([b, t, fc, fh, fw])
-            .reshape([b * t, fc, fh, fw])
     }
 
     /// Logits of (reference, target) feature pairs.
@@ -212,4 +264,110 @@ impl PatchDiscriminator {
         let x = Tensor::cat(vec![flatten(reference), flatten(target)], 1);
         self.pairlinear.iter().fold(x, |h, layer| layer.forward(h))
     }
+
+    fn extract_features_taped(&self, patches: Tensor<5>) -> (Tensor<4>, FeatureTape) {
+        let [b, t, c, h, w] = patches.dims();
+        let (mut x, from_rgb) = self
+            .from_rgb
+            .forward_taped(patches.reshape([b * t, c, h, w]));
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (y, tape) = block.forward_taped(x);
+            blocks.push(tape);
+            x = y;
+        }
+        let (x, extra_block) = self.extra_block.forward_taped(x);
+        let (f, final_conv) = self.final_conv.forward_taped(x);
+        let tape = FeatureTape {
+            patch_dims: [b, t, c, h, w],
+            from_rgb,
+            blocks,
+            extra_block,
+            final_conv,
+        };
+        (f, tape)
+    }
+
+    fn features_vjp(&self, tape: &FeatureTape, g: Tensor<4>) -> Tensor<5> {
+        let mut g = self.extra_block.input_vjp(
+            &tape.extra_block,
+            self.final_conv.input_vjp(&tape.final_conv, g),
+        );
+        for (block, t) in self.blocks.iter().zip(&tape.blocks).rev() {
+            g = block.input_vjp(t, g);
+        }
+        self.from_rgb
+            .input_vjp(&tape.from_rgb, g)
+            .reshape(tape.patch_dims)
+    }
+
+    /// The gradients of the patch R1 penalty (spec 8.3): with
+    /// `p = Σ discriminate_features(extract_features(reference, aggregate), extract_features(target, false))`,
+    /// returns `(∂p/∂reference, ∂p/∂target)` as expressions differentiable in Dpatch's weights
+    /// (hand-written input-VJPs, as in [`Discriminator::input_gradient`]).
+    ///
+    /// # Shapes
+    /// - `reference`, `target`: `[batch, crops, 3, p, p]`; outputs: the same
+    pub fn input_gradients(
+        &self,
+        reference: Tensor<5>,
+        target: Tensor<5>,
+        aggregate: bool,
+    ) -> (Tensor<5>, Tensor<5>) {
+        let [b, t, ..] = reference.dims();
+        let device = reference.device();
+        let frozen = self.clone().no_grad();
+        let (ref_f, ref_tape) = frozen.extract_features_taped(reference.detach());
+        let (tgt_f, tgt_tape) = frozen.extract_features_taped(target.detach());
+        let feat_dims = ref_f.dims();
+        let ref_in = if aggregate {
+            aggregate_crops(ref_f, b, t)
+        } else {
+            ref_f
+        };
+        let mut x = Tensor::cat(vec![flatten(ref_in), flatten(tgt_f)], 1);
+        let mut pres = Vec::with_capacity(self.pairlinear.len());
+        for layer in &frozen.pairlinear {
+            let (y, pre) = layer.forward_taped(x);
+            pres.push(pre);
+            x = y;
+        }
+        let [n, _] = x.dims();
+        let mut g: Tensor<2> = Tensor::ones([n, 1], &device);
+        for (layer, pre) in self.pairlinear.iter().zip(&pres).rev() {
+            g = layer.input_vjp(pre.as_ref(), g);
+        }
+        let width = g.dims()[1] / 2;
+        let g_ref = g.clone().slice([0..n, 0..width]).reshape(feat_dims);
+        let g_tgt = g.slice([0..n, width..2 * width]).reshape(feat_dims);
+        // The mean over an image's crops is its own adjoint: every crop of image i gets the
+        // mean of the gradients of image i's (broadcast) reference features.
+        let g_ref = if aggregate {
+            aggregate_crops(g_ref, b, t)
+        } else {
+            g_ref
+        };
+        (
+            self.features_vjp(&ref_tape, g_ref),
+            self.features_vjp(&tgt_tape, g_tgt),
+        )
+    }
+}
+
+/// Replaces every crop's feature by the mean over the crops of its image.
+fn aggregate_crops(f: Tensor<4>, b: usize, t: usize) -> Tensor<4> {
+    let [_, fc, fh, fw] = f.dims();
+    f.reshape([b, t, fc, fh, fw])
+        .mean_dim(1)
+        .expand([b, t, fc, fh, fw])
+        .reshape([b * t, fc, fh, fw])
+}
+
+/// What Dpatch's feature extractor leaves for its input-VJP.
+struct FeatureTape {
+    patch_dims: [usize; 5],
+    from_rgb: ConvLayerTape,
+    blocks: Vec<ResBlockTape>,
+    extra_block: ResBlockTape,
+    final_conv: ConvLayerTape,
 }

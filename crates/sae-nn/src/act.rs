@@ -31,21 +31,42 @@ pub(crate) fn channel_shape<const D: usize>(channels: usize) -> [usize; D] {
 /// # Panics
 /// If `bias` does not have one entry per channel of `x`.
 pub fn fused_leaky_relu<const D: usize>(x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
-    let x = match bias {
+    scaled_leaky_relu(add_channel_bias(x, bias))
+}
+
+/// `x + bias` broadcast over dimension 1: the pre-activation of [`fused_leaky_relu`].
+pub fn add_channel_bias<const D: usize>(x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    match bias {
         Some(bias) => {
             let channels = bias.dims()[0];
             check_channels("fused_leaky_relu", "x", &x.dims(), channels);
             x + bias.reshape(channel_shape::<D>(channels))
         }
         None => x,
-    };
-    leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
+    }
 }
 
 /// `√2 · lrelu(x, 0.2)`: the official `ScaledLeakyReLU`, chosen by a `ConvLayer` that activates
 /// without a bias.
 pub fn scaled_leaky_relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    fused_leaky_relu(x, None)
+    leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
+}
+
+/// The input vector-Jacobian product of [`scaled_leaky_relu`] at the pre-activation `pre`:
+/// `g · √2 · (1 where pre > 0, else 0.2)`.
+///
+/// The mask is built from `pre.detach()`, so it is a constant of the returned expression. That
+/// is exact for R1: the leaky ReLU is piecewise linear, its second derivative is zero almost
+/// everywhere, and PyTorch's `create_graph` gradient also treats the slope as a constant. The
+/// result stays differentiable in `g` (and so in the weights that produced `g`), which is what
+/// first-order autodiff needs to differentiate a gradient penalty.
+///
+/// # Shapes
+/// - `pre`, `g`, output: the same shape
+pub fn leaky_relu_vjp<const D: usize>(pre: &Tensor<D>, g: Tensor<D>) -> Tensor<D> {
+    let positive = pre.clone().detach().greater_elem(0.0).float();
+    let slope = positive * ((1.0 - LRELU_SLOPE) * LRELU_GAIN) + LRELU_SLOPE * LRELU_GAIN;
+    g * slope
 }
 
 /// `util.normalize`: L2 normalisation over dim 1 with `1e-8` inside the square root. For a 4-D

@@ -6,7 +6,9 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::ops::PadMode;
 
-use crate::act::{FusedLeakyReLU, FusedLeakyReLUConfig, scaled_leaky_relu};
+use crate::act::{
+    FusedLeakyReLU, FusedLeakyReLUConfig, add_channel_bias, leaky_relu_vjp, scaled_leaky_relu,
+};
 use crate::equal::{EqualConv2d, EqualConv2dConfig};
 use crate::fir::{Blur, BlurConfig};
 
@@ -108,6 +110,14 @@ impl ConvLayer {
     /// If `x` has the wrong channel count, a zero-size dimension, or is too small for the
     /// kernel or the reflection pad.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_taped(x).0
+    }
+
+    /// [`ConvLayer::forward`], also returning what [`ConvLayer::input_vjp`] needs.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, in_channels, h, w]`; output: as [`ConvLayer::forward`]
+    pub fn forward_taped(&self, x: Tensor<4>) -> (Tensor<4>, ConvLayerTape) {
         let x = match &self.blur {
             Some(blur) => blur.forward(x),
             None => x,
@@ -123,16 +133,58 @@ impl ConvLayer {
         } else {
             x
         };
+        let [_, _, h, w] = x.dims();
         let x = self.conv.forward(x);
-        match &self.act {
-            Some(act) => act.forward(x),
-            None if self.scaled_act => scaled_leaky_relu(x),
-            None => x,
+        let (y, pre) = match &self.act {
+            Some(act) => {
+                let pre = add_channel_bias(x, Some(act.bias.val()));
+                (scaled_leaky_relu(pre.clone()), Some(pre))
+            }
+            None if self.scaled_act => (scaled_leaky_relu(x.clone()), Some(x)),
+            None => (x, None),
+        };
+        let tape = ConvLayerTape {
+            conv_input: [h, w],
+            pre,
+        };
+        (y, tape)
+    }
+
+    /// The input vector-Jacobian product `gᵀ·∂forward/∂x`, built from ordinary differentiable
+    /// ops (activation mask, transposed conv, reversed blur), so that a gradient penalty on it
+    /// can be differentiated with first-order autodiff (exact R1, spec 8.3).
+    ///
+    /// # Shapes
+    /// - `g`: the forward output's shape; output: the forward input's shape
+    ///
+    /// # Panics
+    /// For reflection-padded layers (encoder only; R1 never differentiates the encoder).
+    pub fn input_vjp(&self, tape: &ConvLayerTape, g: Tensor<4>) -> Tensor<4> {
+        assert!(
+            self.ref_pad == 0,
+            "ConvLayer::input_vjp: reflection padding has no input VJP (only the encoder uses it)"
+        );
+        let g = match &tape.pre {
+            Some(pre) => leaky_relu_vjp(pre, g),
+            None => g,
+        };
+        let g = self.conv.input_vjp(g, tape.conv_input);
+        match &self.blur {
+            Some(blur) => blur.input_vjp(g),
+            None => g,
         }
     }
 }
 
-/// Configuration of a [`ResBlock`].
+/// What a [`ConvLayer`]'s forward pass leaves for its input-VJP.
+#[derive(Clone, Debug)]
+pub struct ConvLayerTape {
+    /// The conv's input size (after blur and padding).
+    pub conv_input: [usize; 2],
+    /// The pre-activation, when the layer activates.
+    pub pre: Option<Tensor<4>>,
+}
+
 #[derive(Config, Debug)]
 pub struct ResBlockConfig {
     /// Input channels.
@@ -199,7 +251,39 @@ impl ResBlock {
     /// # Panics
     /// As [`ConvLayer::forward`].
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.conv2.forward(self.conv1.forward(x.clone()));
-        (y + self.skip.forward(x)) / std::f64::consts::SQRT_2
+        self.forward_taped(x).0
     }
+
+    /// [`ResBlock::forward`], also returning what [`ResBlock::input_vjp`] needs.
+    pub fn forward_taped(&self, x: Tensor<4>) -> (Tensor<4>, ResBlockTape) {
+        let (h, conv1) = self.conv1.forward_taped(x.clone());
+        let (y, conv2) = self.conv2.forward_taped(h);
+        let (skip_y, skip) = self.skip.forward_taped(x);
+        let tape = ResBlockTape { conv1, conv2, skip };
+        ((y + skip_y) / std::f64::consts::SQRT_2, tape)
+    }
+
+    /// The input vector-Jacobian product of [`ResBlock::forward`] (see
+    /// [`ConvLayer::input_vjp`]): both branches' VJPs, summed and divided by √2.
+    ///
+    /// # Shapes
+    /// - `g`: the forward output's shape; output: the forward input's shape
+    pub fn input_vjp(&self, tape: &ResBlockTape, g: Tensor<4>) -> Tensor<4> {
+        let g = g / std::f64::consts::SQRT_2;
+        let main = self
+            .conv1
+            .input_vjp(&tape.conv1, self.conv2.input_vjp(&tape.conv2, g.clone()));
+        main + self.skip.input_vjp(&tape.skip, g)
+    }
+}
+
+/// What a [`ResBlock`]'s forward pass leaves for its input-VJP.
+#[derive(Clone, Debug)]
+pub struct ResBlockTape {
+    /// First conv.
+    pub conv1: ConvLayerTape,
+    /// Second conv.
+    pub conv2: ConvLayerTape,
+    /// Skip conv.
+    pub skip: ConvLayerTape,
 }

@@ -6,11 +6,11 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv_transpose2d, conv2d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
 
-use crate::act::fused_leaky_relu;
+use crate::act::{add_channel_bias, leaky_relu_vjp, scaled_leaky_relu};
 use crate::shape::{check_channels, check_nonempty};
 
 /// The official initialisation of every conv, linear and modulated weight: `N(0, 1)`.
@@ -103,6 +103,34 @@ impl EqualConv2d {
             ConvOptions::new([s, s], [p, p], [1, 1], 1),
         )
     }
+
+    /// The input vector-Jacobian product of [`EqualConv2d::forward`]: a transposed conv with
+    /// the same (scaled) weight, stride and padding, whose output padding restores the input
+    /// size that a strided conv rounded down. Differentiable in the weight, for R1 (spec 8.3).
+    ///
+    /// # Shapes
+    /// - `g`: `[batch, out_channels, h_out, w_out]`
+    /// - `input_size`: the forward input's `[h, w]`
+    /// - output: `[batch, in_channels, h, w]`
+    pub fn input_vjp(&self, g: Tensor<4>, input_size: [usize; 2]) -> Tensor<4> {
+        let [_, _, k, _] = self.weight.dims();
+        let [_, _, ho, wo] = g.dims();
+        let (s, p) = (self.stride, self.padding);
+        // conv_transpose2d gives (o − 1)·s − 2p + k (+ output padding) rows.
+        let out_pad = |len: usize, o: usize| len + 2 * p - ((o - 1) * s + k);
+        conv_transpose2d(
+            g,
+            self.scaled_weight(),
+            None,
+            ConvTransposeOptions::new(
+                [s, s],
+                [p, p],
+                [out_pad(input_size[0], ho), out_pad(input_size[1], wo)],
+                [1, 1],
+                1,
+            ),
+        )
+    }
 }
 
 /// Configuration of an [`EqualLinear`].
@@ -182,17 +210,14 @@ impl EqualLinear {
         self.bias.as_ref().map(|b| b.val() * self.lr_mul)
     }
 
-    fn finish<const D: usize>(&self, y: Tensor<D>) -> Tensor<D> {
-        let bias = self.bias_val();
+    /// Bias, then the optional fused activation; also returns the pre-activation when there is
+    /// an activation (the R1 input-VJP needs its sign).
+    fn finish<const D: usize>(&self, y: Tensor<D>) -> (Tensor<D>, Option<Tensor<D>>) {
+        let pre = add_channel_bias(y, self.bias_val());
         if self.activation {
-            return fused_leaky_relu(y, bias);
-        }
-        match bias {
-            Some(b) => {
-                let n = b.dims()[0];
-                y + b.reshape(crate::act::channel_shape::<D>(n))
-            }
-            None => y,
+            (scaled_leaky_relu(pre.clone()), Some(pre))
+        } else {
+            (pre, None)
         }
     }
 
@@ -204,9 +229,32 @@ impl EqualLinear {
     /// # Panics
     /// If `x` does not have `in` features or is empty.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_taped(x).0
+    }
+
+    /// [`EqualLinear::forward`], also returning the pre-activation (when the layer activates)
+    /// that [`EqualLinear::input_vjp`] needs.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, in]`; outputs: `[batch, out]`
+    pub fn forward_taped(&self, x: Tensor<2>) -> (Tensor<2>, Option<Tensor<2>>) {
         check_channels("EqualLinear", "x", &x.dims(), self.in_features());
         let w = self.weight.val() * self.scale;
         self.finish(x.matmul(w.transpose()))
+    }
+
+    /// The input vector-Jacobian product of [`EqualLinear::forward`]: through the activation
+    /// (a constant mask from `pre`), then `g · (W·scale)`. Differentiable in the weight, for R1.
+    ///
+    /// # Shapes
+    /// - `pre`: `[batch, out]` from [`EqualLinear::forward_taped`] (`None` without activation)
+    /// - `g`: `[batch, out]`; output: `[batch, in]`
+    pub fn input_vjp(&self, pre: Option<&Tensor<2>>, g: Tensor<2>) -> Tensor<2> {
+        let g = match pre {
+            Some(pre) => leaky_relu_vjp(pre, g),
+            None => g,
+        };
+        g.matmul(self.weight.val() * self.scale)
     }
 
     /// The same map applied per pixel (a 1×1 convolution), as the official layer does for a 4-D
@@ -228,5 +276,6 @@ impl EqualLinear {
             None,
             ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
         ))
+        .0
     }
 }

@@ -230,6 +230,35 @@ impl Blur {
         let x = x.pad((p0, p1, p0, p1), PadMode::Reflect);
         upfirdn2d(x, &self.kernel, 1, 1, [0, 0])
     }
+
+    /// The input vector-Jacobian product of [`Blur::forward`] (zero padding only): the adjoint
+    /// of a stride-1 FIR filter is the same filter reversed, with the complementary padding
+    /// `k − 1 − pad` on each side (a negative value crops, the adjoint of zero padding). It is
+    /// made of ordinary differentiable ops, so R1 can differentiate through it (spec 8.3).
+    ///
+    /// # Shapes
+    /// - `g`: the shape of the forward output; output: the shape of the forward input
+    ///
+    /// # Panics
+    /// With reflection padding, which only the encoder uses and R1 never differentiates.
+    pub fn input_vjp(&self, g: Tensor<4>) -> Tensor<4> {
+        assert!(
+            !self.reflection_pad,
+            "Blur::input_vjp: reflection padding has no input VJP (only the encoder uses it)"
+        );
+        let k = self.kernel.size() as i64;
+        let reversed = FirKernel {
+            taps: self.kernel.taps.iter().rev().copied().collect(),
+            gain: self.kernel.gain,
+        };
+        upfirdn2d(
+            g,
+            &reversed,
+            1,
+            1,
+            [k - 1 - self.pad[0], k - 1 - self.pad[1]],
+        )
+    }
 }
 
 /// Configuration of an [`Upsample`].

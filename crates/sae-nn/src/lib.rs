@@ -39,9 +39,10 @@ pub mod resample;
 pub mod shape;
 
 pub use act::{
-    FusedLeakyReLU, FusedLeakyReLUConfig, fused_leaky_relu, normalize, scaled_leaky_relu,
+    FusedLeakyReLU, FusedLeakyReLUConfig, add_channel_bias, fused_leaky_relu, leaky_relu_vjp,
+    normalize, scaled_leaky_relu,
 };
-pub use conv::{ConvLayer, ConvLayerConfig, ResBlock, ResBlockConfig};
+pub use conv::{ConvLayer, ConvLayerConfig, ConvLayerTape, ResBlock, ResBlockConfig, ResBlockTape};
 pub use crop::{CropDraws, CropError, PatchSampler, PatchSamplerConfig};
 pub use equal::{EqualConv2d, EqualConv2dConfig, EqualLinear, EqualLinearConfig};
 pub use fir::{Blur, BlurConfig, FirKernel, Upsample, UpsampleConfig, upfirdn2d};

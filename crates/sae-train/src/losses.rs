@@ -1,0 +1,344 @@
+//! The official losses (spec 8.1–8.4): the discriminator step, the lazy R1 step and the
+//! generator step, with the official weights, the pairwise swap and the per-GPU chunking.
+//!
+//! Every term is a mean over its own sample set, already multiplied by its weight; the step's
+//! loss is the sum of its terms (the official optimizer's `sum(v.mean() for v in losses)`).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use sae_model::{Codes, Discriminator, Encoder, Generator, GeneratorNoise, PatchDiscriminator};
+use sae_nn::{CropDraws, CropError, NoiseRng, PatchSampler, Style};
+use serde::{Deserialize, Serialize};
+
+/// The loss weights and batch semantics of spec 8, with the official defaults.
+#[derive(Config, Debug, PartialEq)]
+pub struct LossConfig {
+    /// `lambda_L1`: the reconstruction L1.
+    #[config(default = 1.0)]
+    pub lambda_l1: f64,
+    /// `lambda_GAN`: the image GAN terms.
+    #[config(default = 1.0)]
+    pub lambda_gan: f64,
+    /// `lambda_PatchGAN`: the co-occurrence terms.
+    #[config(default = 1.0)]
+    pub lambda_patch_gan: f64,
+    /// `lambda_R1`: `r1_D = lambda_R1 · 0.5 · ‖∇‖²`.
+    #[config(default = 10.0)]
+    pub lambda_r1: f64,
+    /// `lambda_patch_R1`: `r1_patch = 0.5 · lambda_patch_R1 · 0.5 · (‖∇ref‖² + ‖∇tgt‖²)`
+    /// (10 for the mountain presets).
+    #[config(default = 1.0)]
+    pub lambda_patch_r1: f64,
+    /// `R1_once_every`: lazy R1 after every k-th D step, scaled by k.
+    #[config(default = 16)]
+    pub r1_once_every: usize,
+    /// `patch_use_aggregation`: reference features are the mean over an image's crops (false
+    /// for the church and bedroom `_default` runs).
+    #[config(default = true)]
+    pub patch_use_aggregation: bool,
+    /// The official run's GPU count. The batch is split into this many contiguous chunks and
+    /// each chunk swaps and reconstructs on its own, as under `nn.DataParallel` (spec 8.1): with
+    /// 4 chunks of 4, images 0, 1, 4, 5, 8, 9, 12, 13 are reconstructed.
+    #[config(default = 1)]
+    pub num_gpus: usize,
+}
+
+/// Why a batch cannot go through a training step.
+#[derive(Debug, thiserror::Error)]
+pub enum LossError {
+    /// The batch does not split into `num_gpus` chunks of an even size.
+    #[error(
+        "batch {batch} does not split into {num_gpus} chunks of an even size (swap pairs neighbours and reconstruction takes half of each chunk)"
+    )]
+    OddBatch {
+        /// The batch size.
+        batch: usize,
+        /// The chunk count.
+        num_gpus: usize,
+    },
+    /// The patch sampler refused the batch or the draws.
+    #[error(transparent)]
+    Crop(#[from] CropError),
+}
+
+impl LossConfig {
+    /// Checks that `batch` splits into even chunks.
+    ///
+    /// # Errors
+    /// [`LossError::OddBatch`].
+    pub fn check_batch(&self, batch: usize) -> Result<(), LossError> {
+        let n = self.num_gpus;
+        if n == 0 || batch == 0 || !batch.is_multiple_of(n) || !(batch / n).is_multiple_of(2) {
+            return Err(LossError::OddBatch { batch, num_gpus: n });
+        }
+        Ok(())
+    }
+
+    /// The images that are reconstructed: the first half of every chunk.
+    pub fn rec_indices(&self, batch: usize) -> Vec<usize> {
+        let m = batch / self.num_gpus;
+        (0..self.num_gpus)
+            .flat_map(|c| c * m..c * m + m / 2)
+            .collect()
+    }
+}
+
+/// `swap`: `[x0, x1, x2, x3, …] → [x1, x0, x3, x2, …]`, the partner inside each pair (and so
+/// inside each chunk).
+pub fn swap_indices(batch: usize) -> Vec<usize> {
+    (0..batch).map(|i| i ^ 1).collect()
+}
+
+fn select4(x: Tensor<4>, idx: &[usize]) -> Tensor<4> {
+    let device = x.device();
+    let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+    let n = idx.len();
+    x.select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &device),
+    )
+}
+
+fn select2(x: Tensor<2>, idx: &[usize]) -> Tensor<2> {
+    let device = x.device();
+    let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+    let n = idx.len();
+    x.select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &device),
+    )
+}
+
+/// `softplus(x) = log(1 + eˣ)`, in the overflow-free form `relu(x) + log1p(e^−|x|)`.
+pub fn softplus<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    relu(x.clone()) + x.abs().neg().exp().log1p()
+}
+
+/// The non-saturating logistic GAN loss averaged over the samples: `mean softplus(−pred)` when
+/// `pred` should be real, `mean softplus(pred)` otherwise. D outputs one logit per sample, so
+/// the official per-sample mean followed by the batch mean is this single mean.
+pub fn gan_loss(pred: Tensor<2>, should_be_real: bool) -> Tensor<1> {
+    let x = if should_be_real { pred.neg() } else { pred };
+    softplus(x).mean()
+}
+
+/// Where the random crops and the generator noise of a step come from.
+///
+/// Calls happen in the official order: D step — noise of G(rec), noise of G(mix), crops of the
+/// reference, the target and the swap; R1 — crops of the reference and the target; G step —
+/// noise of G(rec), noise of G(mix), crops of the reference and the swap.
+pub trait Randomness {
+    /// Crop draws for `batch` images.
+    fn crop_draws(&mut self, sampler: &PatchSampler, batch: usize) -> CropDraws;
+    /// The noise of one generator pass.
+    fn noise(&mut self) -> GeneratorNoise<'_>;
+}
+
+/// The training randomness: two seeded, serialisable generators (crops and noise), so a
+/// checkpoint resumes the exact sequence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeededRandomness {
+    crops: Xoshiro256PlusPlus,
+    noise: NoiseRng,
+}
+
+impl SeededRandomness {
+    /// Both generators derived from `seed`.
+    pub fn seed(seed: u64) -> Self {
+        Self {
+            crops: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed_c40b),
+            noise: NoiseRng::seed(seed ^ 0x0015_e000),
+        }
+    }
+}
+
+impl Randomness for SeededRandomness {
+    fn crop_draws(&mut self, sampler: &PatchSampler, batch: usize) -> CropDraws {
+        sampler.draw(&mut self.crops, batch)
+    }
+
+    fn noise(&mut self) -> GeneratorNoise<'_> {
+        GeneratorNoise::Random(&mut self.noise)
+    }
+}
+
+/// The four networks a training step reads.
+#[derive(Clone, Copy)]
+pub struct Nets<'a> {
+    /// Encoder.
+    pub e: &'a Encoder,
+    /// Generator.
+    pub g: &'a Generator,
+    /// Image discriminator.
+    pub d: &'a Discriminator,
+    /// Patch discriminator.
+    pub dpatch: &'a PatchDiscriminator,
+}
+
+/// The named, weighted terms of one step.
+pub struct Losses {
+    /// `(name, weighted mean)` in the official order; names are the official keys.
+    pub terms: Vec<(&'static str, Tensor<1>)>,
+    /// Unweighted diagnostics that are not optimised (`L1_dist`).
+    pub metrics: Vec<(&'static str, Tensor<1>)>,
+}
+
+impl Losses {
+    /// The step's loss: the sum of the terms.
+    pub fn total(&self) -> Tensor<1> {
+        let mut it = self.terms.iter().map(|(_, t)| t.clone());
+        let first = it.next().expect("a step has at least one loss term");
+        it.fold(first, |a, b| a + b)
+    }
+}
+
+/// `rec = G(sp[rec], gl[rec])` and `mix = G(swap(sp), gl)`.
+fn decode_rec_mix(
+    g: &Generator,
+    codes: &Codes,
+    cfg: &LossConfig,
+    rnd: &mut dyn Randomness,
+) -> (Tensor<4>, Tensor<4>) {
+    let b = codes.structure.dims()[0];
+    let rec_idx = cfg.rec_indices(b);
+    let rec = g.forward(
+        select4(codes.structure.clone(), &rec_idx),
+        Style::Global(select2(codes.texture.clone(), &rec_idx)),
+        rnd.noise(),
+    );
+    let mix = g.forward(
+        select4(codes.structure.clone(), &swap_indices(b)),
+        Style::Global(codes.texture.clone()),
+        rnd.noise(),
+    );
+    (rec, mix)
+}
+
+fn crops(
+    sampler: &PatchSampler,
+    x: Tensor<4>,
+    rnd: &mut dyn Randomness,
+) -> Result<Tensor<5>, LossError> {
+    let draws = rnd.crop_draws(sampler, x.dims()[0]);
+    Ok(sampler.apply(x, &draws)?)
+}
+
+/// The discriminator step (spec 8.2). E and G run frozen; the result's total trains D and
+/// Dpatch.
+///
+/// # Errors
+/// [`LossError::OddBatch`] for a batch that does not split into even chunks.
+pub fn discriminator_losses(
+    nets: Nets<'_>,
+    real: Tensor<4>,
+    cfg: &LossConfig,
+    sampler: &PatchSampler,
+    rnd: &mut dyn Randomness,
+) -> Result<Losses, LossError> {
+    cfg.check_batch(real.dims()[0])?;
+    let (e, g) = (nets.e.clone().no_grad(), nets.g.clone().no_grad());
+    let codes = e.forward(real.clone().detach());
+    let (rec, mix) = decode_rec_mix(&g, &codes, cfg, rnd);
+    let (rec, mix) = (rec.detach(), mix.detach());
+    let rec_real = select4(real.clone(), &cfg.rec_indices(real.dims()[0]));
+    let l1_dist = (rec.clone() - rec_real).abs().mean().detach();
+    let lg = cfg.lambda_gan;
+    let d_real = gan_loss(nets.d.forward(real.clone()), true) * lg;
+    let d_rec = gan_loss(nets.d.forward(rec), false) * (0.5 * lg);
+    let d_mix = gan_loss(nets.d.forward(mix.clone()), false) * (0.5 * lg);
+    let dp = nets.dpatch;
+    let agg = cfg.patch_use_aggregation;
+    let reference = dp.extract_features(crops(sampler, real.clone(), rnd)?, agg);
+    let target = dp.extract_features(crops(sampler, real, rnd)?, false);
+    let fake = dp.extract_features(crops(sampler, mix, rnd)?, false);
+    let lp = cfg.lambda_patch_gan;
+    let patch_real = gan_loss(dp.discriminate_features(reference.clone(), target), true) * lp;
+    let patch_mix = gan_loss(dp.discriminate_features(reference, fake), false) * lp;
+    Ok(Losses {
+        terms: vec![
+            ("D_real", d_real),
+            ("D_rec", d_rec),
+            ("D_mix", d_mix),
+            ("PatchD_real", patch_real),
+            ("PatchD_mix", patch_mix),
+        ],
+        metrics: vec![("L1_dist", l1_dist)],
+    })
+}
+
+/// The lazy R1 step (spec 8.3): `D_R1 = k·mean_b(λ_R1/2 · ‖∂ΣD/∂x‖²)` and
+/// `PatchD_R1 = k·mean_b(λ_patch_R1/4 · (‖∂p/∂ref‖² + ‖∂p/∂tgt‖²))` on fresh crops of `real`,
+/// both exact: the input gradients are the hand-written VJPs of
+/// [`Discriminator::input_gradient`] and [`PatchDiscriminator::input_gradients`], so the
+/// ordinary backward of this loss gives PyTorch's double-backward parameter gradients.
+///
+/// # Errors
+/// [`LossError::Crop`] if the sampler refuses the batch.
+pub fn r1_losses(
+    nets: Nets<'_>,
+    real: Tensor<4>,
+    cfg: &LossConfig,
+    sampler: &PatchSampler,
+    rnd: &mut dyn Randomness,
+) -> Result<Losses, LossError> {
+    let real = real.detach();
+    let b = real.dims()[0] as f64;
+    let k = cfg.r1_once_every as f64;
+    let gx = nets.d.input_gradient(real.clone());
+    let d_r1 = gx.square().sum() * (cfg.lambda_r1 * 0.5 * k / b);
+    let rc = crops(sampler, real.clone(), rnd)?;
+    let tc = crops(sampler, real, rnd)?;
+    let (gr, gt) = nets
+        .dpatch
+        .input_gradients(rc, tc, cfg.patch_use_aggregation);
+    let patch = (gr.square().sum() + gt.square().sum()) * (0.5 * cfg.lambda_patch_r1 * 0.5 * k / b);
+    Ok(Losses {
+        terms: vec![("D_R1", d_r1), ("PatchD_R1", patch)],
+        metrics: vec![],
+    })
+}
+
+/// The generator step (spec 8.4). D and Dpatch run frozen (gradients flow through them to E
+/// and G only); the result's total trains E and G.
+///
+/// # Errors
+/// [`LossError::OddBatch`] for a batch that does not split into even chunks.
+pub fn generator_losses(
+    nets: Nets<'_>,
+    real: Tensor<4>,
+    cfg: &LossConfig,
+    sampler: &PatchSampler,
+    rnd: &mut dyn Randomness,
+) -> Result<Losses, LossError> {
+    let b = real.dims()[0];
+    cfg.check_batch(b)?;
+    let (d, dp) = (nets.d.clone().no_grad(), nets.dpatch.clone().no_grad());
+    let real = real.detach();
+    let codes = nets.e.forward(real.clone());
+    let (rec, mix) = decode_rec_mix(nets.g, &codes, cfg, rnd);
+    let rec_real = select4(real.clone(), &cfg.rec_indices(b));
+    let l1 = (rec.clone() - rec_real).abs().mean();
+    let l1_dist = l1.clone().detach();
+    let lg = cfg.lambda_gan;
+    let gan_rec = gan_loss(d.forward(rec), true) * (0.5 * lg);
+    let gan_mix = gan_loss(d.forward(mix.clone()), true) * lg;
+    let agg = cfg.patch_use_aggregation;
+    let reference = dp
+        .extract_features(crops(sampler, real, rnd)?, agg)
+        .detach();
+    let fake = dp.extract_features(crops(sampler, mix, rnd)?, false);
+    let g_mix = gan_loss(dp.discriminate_features(reference, fake), true) * cfg.lambda_patch_gan;
+    Ok(Losses {
+        terms: vec![
+            ("G_L1", l1 * cfg.lambda_l1),
+            ("G_GAN_rec", gan_rec),
+            ("G_GAN_mix", gan_mix),
+            ("G_mix", g_mix),
+        ],
+        metrics: vec![("L1_dist", l1_dist)],
+    })
+}
