@@ -17,6 +17,9 @@ use crate::model::{ModelConfig, SwappingAutoencoder};
 /// The `format` metadata value of files this crate writes.
 pub const FORMAT: &str = "sae-rs/1";
 
+/// Name prefix of the non-model tensors of a training checkpoint.
+pub const EXTRA_PREFIX: &str = "train.";
+
 /// A native checkpoint that cannot be written or read.
 #[derive(Debug, Error)]
 pub enum NativeError {
@@ -107,6 +110,19 @@ pub fn save_native(
     config: &ModelConfig,
     path: &Path,
 ) -> Result<(), NativeError> {
+    save_native_with_extras(model, config, path, &BTreeMap::new(), &BTreeMap::new())
+}
+
+/// [`save_native`] plus extra tensors (stored as `train.<name>`, e.g. optimizer moments) and
+/// extra metadata entries (e.g. the training counters). The file stays a valid model file:
+/// [`load_native`] ignores the extras, [`read_native_extras`] returns them.
+pub fn save_native_with_extras(
+    model: &SwappingAutoencoder,
+    config: &ModelConfig,
+    path: &Path,
+    extra_tensors: &BTreeMap<String, TensorData>,
+    extra_meta: &BTreeMap<String, String>,
+) -> Result<(), NativeError> {
     let mut tensors = Vec::new();
     net_params("e", &model.e, &mut tensors);
     net_params("g", &model.g, &mut tensors);
@@ -116,6 +132,9 @@ pub fn save_native(
     if let Some(p) = &model.dpatch {
         net_params("dpatch", p, &mut tensors);
     }
+    for (name, t) in extra_tensors {
+        tensors.push((format!("{EXTRA_PREFIX}{name}"), t.clone().convert::<f32>()));
+    }
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(k, t)| {
@@ -124,7 +143,10 @@ pub fn save_native(
             (k.clone(), view)
         })
         .collect();
-    let mut meta = HashMap::new();
+    let mut meta: HashMap<String, String> = extra_meta
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert(
         "config".to_string(),
@@ -163,6 +185,9 @@ pub fn load_native(
     let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(e.to_string()))?;
     let mut nets: BTreeMap<&str, BTreeMap<String, TensorData>> = BTreeMap::new();
     for (name, view) in st.tensors() {
+        if name.starts_with(EXTRA_PREFIX) {
+            continue;
+        }
         if view.dtype() != Dtype::F32 {
             return Err(format_err(format!(
                 "`{name}` is {:?}, not F32",
@@ -210,4 +235,43 @@ pub fn load_native(
 
 fn model_has_extra(nets: &BTreeMap<&str, BTreeMap<String, TensorData>>, d: bool, p: bool) -> bool {
     (!d && nets.contains_key("d")) || (!p && nets.contains_key("dpatch"))
+}
+
+/// The extra tensors (without their `train.` prefix) and all metadata of a file written by
+/// [`save_native_with_extras`].
+///
+/// # Errors
+/// [`NativeError::Io`], [`NativeError::Format`] for an unreadable or non-F32 file,
+/// [`NativeError::NotNative`] without the format marker.
+pub fn read_native_extras(
+    path: &Path,
+) -> Result<(BTreeMap<String, TensorData>, BTreeMap<String, String>), NativeError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let format_err = |reason: String| NativeError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| format_err(e.to_string()))?;
+    let meta: BTreeMap<String, String> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(NativeError::NotNative {
+            path: path.to_path_buf(),
+        });
+    }
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if let Some(rest) = name.strip_prefix(EXTRA_PREFIX) {
+            if view.dtype() != Dtype::F32 {
+                return Err(format_err(format!("`{name}` is {:?}, not F32", view.dtype())));
+            }
+            out.insert(rest.to_string(), f32_view_data(&view));
+        }
+    }
+    Ok((out, meta))
 }
