@@ -103,7 +103,7 @@ impl ImageTensor {
 ///
 /// `ToTensor` divides by 255 and `Normalize` computes `(x − 0.5) / 0.5`; written this way the
 /// result is bit-identical to the official tensors (it equals `2·(v/255) − 1` in `f32` too).
-fn normalize_u8(v: u8) -> f32 {
+pub fn normalize_u8(v: u8) -> f32 {
     (f32::from(v) / 255.0 - 0.5) / 0.5
 }
 
@@ -120,8 +120,9 @@ pub enum ImageError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The bytes are not an image that the enabled decoders (PNG, JPEG) can read, or the
-    /// file is truncated or corrupt.
+    /// The bytes are not an image that the enabled decoders can read (PNG and JPEG here; WebP,
+    /// BMP, PNM and TIFF too when a crate such as `sae-train` enables those `image` features),
+    /// or the file is truncated or corrupt.
     #[error("cannot decode {} as an image: {reason}", path.display())]
     Decode {
         /// The file that failed to decode.
@@ -250,12 +251,26 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         path: path.to_path_buf(),
         source,
     })?;
+    decode_rgb(&bytes, path)
+}
+
+/// Decodes an encoded image held in memory as 8-bit RGB, exactly as [`load_rgb`] does for a
+/// file (same conversions, same refusal of truncated JPEGs).
+///
+/// `name` is only used to report errors and, through its extension, to break ties in format
+/// sniffing; for images inside a zip archive or an LMDB it is the entry name or key.
+///
+/// # Errors
+///
+/// [`ImageError::Decode`] if the bytes are not a decodable image (including truncated data),
+/// [`ImageError::Empty`] for a 0-pixel image.
+pub fn decode_rgb(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
     // Some decoder messages end with a newline; trimmed so the error stays one line.
     let decode_err = |reason: String| ImageError::Decode {
-        path: path.to_path_buf(),
+        path: name.to_path_buf(),
         reason: reason.trim_end().to_string(),
     };
-    if image::guess_format(&bytes).ok() == Some(ImageFormat::Jpeg) && jpeg_lacks_end(&bytes) {
+    if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg) && jpeg_lacks_end(bytes) {
         return Err(decode_err(
             "truncated JPEG: the data ends before the end-of-image marker".to_string(),
         ));
@@ -263,7 +278,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     let mut reader = ImageReader::new(Cursor::new(bytes));
     // The extension is only a fallback: `with_guessed_format` overrides it when the magic
     // bytes are recognised, so a JPEG named `.png` still loads, as with PIL.
-    if let Ok(format) = ImageFormat::from_path(path) {
+    if let Ok(format) = ImageFormat::from_path(name) {
         reader.set_format(format);
     }
     let reader = reader
@@ -271,13 +286,13 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         .map_err(|e| decode_err(e.to_string()))?;
     if reader.format().is_none() {
         return Err(decode_err(
-            "unrecognised image format (neither PNG nor JPEG)".to_string(),
+            "unrecognised image format (not one of the enabled decoders)".to_string(),
         ));
     }
     let decoded = reader.decode().map_err(|e| decode_err(e.to_string()))?;
     if decoded.width() == 0 || decoded.height() == 0 {
         return Err(ImageError::Empty {
-            path: path.to_path_buf(),
+            path: name.to_path_buf(),
         });
     }
     Ok(dynamic_to_rgb8(decoded))
@@ -341,8 +356,9 @@ fn jpeg_lacks_end(bytes: &[u8]) -> bool {
     }
 }
 
-/// Converts any decoded image to 8-bit RGB the way PIL's `convert('RGB')` would.
-fn dynamic_to_rgb8(img: DynamicImage) -> RgbImage {
+/// Converts any decoded image to 8-bit RGB the way PIL's `convert('RGB')` would (16-bit
+/// samples keep their high byte, gray is replicated, alpha is dropped; see [`load_rgb`]).
+pub fn dynamic_to_rgb8(img: DynamicImage) -> RgbImage {
     // `image`'s own 16 → 8-bit conversion rounds `v·255/65535`, which differs from PIL's
     // high byte by one level on many values, so the 16-bit layouts are handled here.
     let high = |v: u16| (v >> 8) as u8;
@@ -373,7 +389,7 @@ fn dynamic_to_rgb8(img: DynamicImage) -> RgbImage {
 /// The official size after the `preprocess` step, before `make_power_2`.
 ///
 /// Sides may come out as 0 here, where the official code would fail in PIL.
-fn preprocess_dims(width: usize, height: usize, pre: Preprocess) -> (usize, usize) {
+pub fn preprocess_dims(width: usize, height: usize, pre: Preprocess) -> (usize, usize) {
     match pre {
         Preprocess::None => (width, height),
         Preprocess::Resize(size) => (size, size),
@@ -404,7 +420,7 @@ fn preprocess_dims(width: usize, height: usize, pre: Preprocess) -> (usize, usiz
 /// Python's `round` is half-to-even, so 24 → 32 (round(1.5) = 2) but 40 → 32 (round(2.5) = 2).
 /// The official code gives 0 for sides of 8 or less and then fails inside PIL; we use 16, the
 /// smallest non-zero multiple of the base, so that tiny inputs still produce an image.
-fn make_power_2_side(side: usize) -> usize {
+pub fn make_power_2_side(side: usize) -> usize {
     let rounded = (side as f64 / POWER_2_BASE as f64).round_ties_even() as usize * POWER_2_BASE;
     rounded.max(POWER_2_BASE)
 }
@@ -416,7 +432,10 @@ fn to_u32(v: usize) -> u32 {
 
 /// Resizes like PIL's `Image.resize`: nothing if the size is unchanged, otherwise the width
 /// pass first, rounded to 8 bits, then the height pass (see the module docs for why).
-fn resize_like_pil<P>(
+///
+/// With `FilterType::CatmullRom` this is PIL's `BICUBIC`, with `FilterType::Triangle` its
+/// `BILINEAR`.
+pub fn resize_like_pil<P>(
     img: Cow<'_, ImageBuffer<P, Vec<u8>>>,
     width: u32,
     height: u32,

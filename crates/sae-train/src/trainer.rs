@@ -684,11 +684,7 @@ impl Trainer {
                 break;
             }
             let key = self.dataset.key(i);
-            let Ok(img) = self
-                .dataset
-                .read(i)
-                .and_then(|bytes| crate::data::decode_image(&bytes, &key))
-            else {
+            let Ok(img) = self.dataset.decode(i) else {
                 continue;
             };
             let (w, h) = transform.resized_size(img.width() as usize, img.height() as usize);
