@@ -268,7 +268,10 @@ pub fn read_native_extras(
     for (name, view) in st.tensors() {
         if let Some(rest) = name.strip_prefix(EXTRA_PREFIX) {
             if view.dtype() != Dtype::F32 {
-                return Err(format_err(format!("`{name}` is {:?}, not F32", view.dtype())));
+                return Err(format_err(format!(
+                    "`{name}` is {:?}, not F32",
+                    view.dtype()
+                )));
             }
             out.insert(rest.to_string(), f32_view_data(&view));
         }

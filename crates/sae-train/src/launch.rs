@@ -71,15 +71,15 @@ pub fn resolve_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
         .clone()
         .ok_or_else(|| bad("--data", "is required for a new run"))?;
     if !data.exists() {
-        return Err(bad(
-            "--data",
-            format!("{} does not exist", data.display()),
-        ));
+        return Err(bad("--data", format!("{} does not exist", data.display())));
     }
     let mut opts = TrainOptions::preset(name, data).ok_or_else(|| {
         bad(
             "--preset",
-            format!("unknown preset `{name}`; one of {}", TRAIN_PRESETS.join(", ")),
+            format!(
+                "unknown preset `{name}`; one of {}",
+                TRAIN_PRESETS.join(", ")
+            ),
         )
     })?;
     if let Some(b) = args.batch {
@@ -196,7 +196,9 @@ pub fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>, ctrlc::Error> {
             eprintln!("\nsecond interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: finishing the step and writing a checkpoint (Ctrl-C again to quit now)");
+        eprintln!(
+            "\ninterrupt: finishing the step and writing a checkpoint (Ctrl-C again to quit now)"
+        );
     })?;
     Ok(stop)
 }

@@ -49,7 +49,7 @@ pub struct ScheduleOptions {
 }
 
 /// Everything that defines a training run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainOptions {
     /// The preset the options started from.
     pub preset: String,
@@ -103,7 +103,8 @@ pub fn tiny_model() -> ModelConfig {
         generator: base.generator(),
         discriminator: Some(DiscriminatorConfig::new(vec![16, 32, 32, 32, 32], 4)),
         patch_discriminator: Some(
-            PatchDiscriminatorConfig::new(vec![16, 32, 32, 32]).with_pair_hidden(vec![128, 128, 64]),
+            PatchDiscriminatorConfig::new(vec![16, 32, 32, 32])
+                .with_pair_hidden(vec![128, 128, 64]),
         ),
     }
 }
@@ -159,7 +160,16 @@ impl TrainOptions {
             "church256" => official(Preset::Church256, 16, 4, shortside, 256, 256, false, 1.0),
             "bedroom256" => official(Preset::Bedroom256, 32, 8, shortside, 256, 256, false, 1.0),
             "ffhq512" => official(Preset::Ffhq512, 16, 8, "resize", 512, 512, true, 1.0),
-            "ffhq1024" => official(Preset::Ffhq1024, 16, 8, "resize_and_crop", 1024, 768, true, 1.0),
+            "ffhq1024" => official(
+                Preset::Ffhq1024,
+                16,
+                8,
+                "resize_and_crop",
+                1024,
+                768,
+                true,
+                1.0,
+            ),
             "ffhq1024-small-structure" => official(
                 Preset::Ffhq1024SmallStructure,
                 16,

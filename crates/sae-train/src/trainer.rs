@@ -17,11 +17,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use sae_model::image_io::{self, ImageTensor, RgbImage};
 use sae_model::native::{NativeError, read_native_extras, save_native_with_extras};
@@ -216,7 +216,10 @@ pub fn validate(opts: &TrainOptions) -> Result<(), TrainError> {
         return bad("r1_once_every", "must be at least 1".into());
     }
     if opts.schedule.total_images == 0 {
-        return bad("--steps/--kimg", "the run must train at least one step".into());
+        return bad(
+            "--steps/--kimg",
+            "the run must train at least one step".into(),
+        );
     }
     for (name, v) in [
         ("log_every", opts.schedule.log_every),
@@ -235,7 +238,10 @@ pub fn validate(opts: &TrainOptions) -> Result<(), TrainError> {
     }
     let d = opts.model.discriminator.as_ref();
     let Some(d) = d else {
-        return bad("model", "training needs a discriminator configuration".into());
+        return bad(
+            "model",
+            "training needs a discriminator configuration".into(),
+        );
     };
     if opts.model.patch_discriminator.is_none() {
         return bad(
@@ -312,8 +318,8 @@ impl Trainer {
         fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
         let json = serde_json::to_string_pretty(&opts).expect("options serialise");
         sae_model::native::write_atomic(&options_path, json.as_bytes())?;
-        let device = device.autodiff();
-        let model = opts.model.init(&device);
+        let device = device.clone().autodiff();
+        let model = init_seeded(&opts, &device);
         let state = TrainState {
             counters: Counters::default(),
             opt_g_steps: 0,
@@ -360,7 +366,7 @@ impl Trainer {
                 problem: "has no checkpoint to resume from".into(),
             });
         };
-        let device = device.autodiff();
+        let device = device.clone().autodiff();
         let (model, config) = sae_model::native::load_native(&path, &device)?;
         if config != opts.model {
             return Err(TrainError::BadRunFile {
@@ -402,7 +408,7 @@ impl Trainer {
         )
         .map_err(opt_err)?;
         let dataset = open_dataset(&opts.data.path)?;
-        let mut trainer = Self::assemble(
+        let trainer = Self::assemble(
             opts,
             run_dir,
             device,
@@ -518,15 +524,6 @@ impl Trainer {
         (&self.opt_g, &self.opt_d)
     }
 
-    fn nets(&self) -> Nets<'_> {
-        Nets {
-            e: &self.e,
-            g: &self.g,
-            d: &self.d,
-            dpatch: &self.dpatch,
-        }
-    }
-
     fn check_finite(&self, losses: &Losses) -> Result<Vec<(&'static str, f32)>, TrainError> {
         let mut out = Vec::new();
         for (name, t) in losses.terms.iter().chain(&losses.metrics) {
@@ -552,15 +549,17 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepReport, TrainError> {
         let batch = self.loader.next_batch()?;
         self.skipped_total += batch.skipped.len() as u64;
-        let real = Tensor::<4>::from_data(
-            TensorData::new(batch.images, batch.shape),
-            &self.device,
-        );
+        let real = Tensor::<4>::from_data(TensorData::new(batch.images, batch.shape), &self.device);
         let is_d = self.counters.calls % 2 == 0;
         let mut terms;
         if is_d {
             let losses = discriminator_losses(
-                self.nets(),
+                Nets {
+                    e: &self.e,
+                    g: &self.g,
+                    d: &self.d,
+                    dpatch: &self.dpatch,
+                },
                 real.clone(),
                 &self.opts.losses,
                 &self.sampler,
@@ -576,7 +575,12 @@ impl Trainer {
                 .is_multiple_of(self.opts.losses.r1_once_every as u64)
             {
                 let losses = r1_losses(
-                    self.nets(),
+                    Nets {
+                        e: &self.e,
+                        g: &self.g,
+                        d: &self.d,
+                        dpatch: &self.dpatch,
+                    },
                     real,
                     &self.opts.losses,
                     &self.sampler,
@@ -589,7 +593,12 @@ impl Trainer {
             }
         } else {
             let losses = generator_losses(
-                self.nets(),
+                Nets {
+                    e: &self.e,
+                    g: &self.g,
+                    d: &self.d,
+                    dpatch: &self.dpatch,
+                },
                 real,
                 &self.opts.losses,
                 &self.sampler,
@@ -658,7 +667,9 @@ impl Trainer {
         };
         save_native_with_extras(&model, &self.opts.model, &path, &extras, &meta)?;
         let all = list_checkpoints(&self.run_dir)?;
-        let excess = all.len().saturating_sub(self.opts.schedule.keep_checkpoints);
+        let excess = all
+            .len()
+            .saturating_sub(self.opts.schedule.keep_checkpoints);
         for (_, old) in all.into_iter().take(excess) {
             fs::remove_file(&old).map_err(io_err(&old))?;
         }
@@ -746,10 +757,8 @@ impl Trainer {
             .map(|t| to_images(t))
             .collect::<Result<_, _>>()?;
         let cell = (rows[0][0].width(), rows[0][0].height());
-        let refs: Vec<Vec<Option<&RgbImage>>> = rows
-            .iter()
-            .map(|r| r.iter().map(Some).collect())
-            .collect();
+        let refs: Vec<Vec<Option<&RgbImage>>> =
+            rows.iter().map(|r| r.iter().map(Some).collect()).collect();
         let grid = image_io::grid(&refs, cell);
         let dir = self.run_dir.join("snapshots");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -787,7 +796,9 @@ impl Trainer {
             progress.update(images, self.stats.rate());
             let crossed = |every: u64| images % every < batch;
             if crossed(self.opts.schedule.log_every) || images >= total {
-                let line = self.stats.flush(&self.counters, self.elapsed(), self.skipped_total);
+                let line = self
+                    .stats
+                    .flush(&self.counters, self.elapsed(), self.skipped_total);
                 append_line(&stats_path, &line)?;
                 progress.log(&line);
             }
@@ -811,6 +822,29 @@ impl Trainer {
         }
         Ok(RunEnd::Finished)
     }
+}
+
+/// The initial weights, from the run's seed. Burn's device RNG may be process-global, so the
+/// seeding and the draws happen under one lock: concurrent runs in one process (tests) still
+/// get their seed's weights.
+fn init_seeded(opts: &TrainOptions, device: &Device) -> SwappingAutoencoder {
+    static INIT: Mutex<()> = Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(opts.seed);
+    materialize(opts.model.init(device))
+}
+
+/// Initialises every lazily initialised parameter now, as a tracked leaf. Without this, the
+/// first use of a parameter may happen through a frozen clone (`no_grad()` in the D step), and
+/// the lazy value it creates would be shared, untracked, with the trainable network.
+fn materialize<M: Module>(m: M) -> M {
+    struct Touch;
+    impl ModuleMapper for Touch {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            p.map(|t| t.detach().require_grad())
+        }
+    }
+    m.map(&mut Touch)
 }
 
 fn sizes<M: Module>(prefix: &str, m: &M) -> Vec<(String, usize)> {

@@ -20,9 +20,9 @@
 
 mod dataset;
 mod error;
-mod loader;
 #[cfg(feature = "lmdb")]
 mod lmdb;
+mod loader;
 mod synthetic;
 mod transform;
 mod zip;
