@@ -69,7 +69,12 @@ fn train_transform_matches_pil() {
             flip: case.flip,
         };
         let ours = t.apply_with(&src, aug, &case.name).expect("transform");
-        assert_eq!((ours.width, ours.height), (case.width, case.height), "{}: size", case.name);
+        assert_eq!(
+            (ours.width, ours.height),
+            (case.width, case.height),
+            "{}: size",
+            case.name
+        );
         // Every value must be one of the 256 normalised levels.
         let back = ImageTensor::from_rgb8(&levels(&ours));
         assert_eq!(back, ours, "{}: not an 8-bit image normalised", case.name);
@@ -93,7 +98,11 @@ fn train_transform_matches_pil() {
         // regression (a lost 8-bit intermediate, a crop off by one pixel, a flip in the wrong
         // place) moves many values by many levels.
         assert!(max <= 1, "{}: max diff {max} levels", case.name);
-        assert!(count * 100 <= diffs.len(), "{}: {count} values differ", case.name);
+        assert!(
+            count * 100 <= diffs.len(),
+            "{}: {count} values differ",
+            case.name
+        );
     }
     println!("training transform vs PIL: {}", report.join("; "));
 }
@@ -119,9 +128,17 @@ fn random_draws_stay_inside_the_image_and_flip_about_half() {
                 assert_eq!((aug.crop_x, aug.crop_y), (0, 0));
             }
         }
-        assert!((150..250).contains(&flips), "{}: {flips} flips of 400", case.name);
+        assert!(
+            (150..250).contains(&flips),
+            "{}: {flips} flips of 400",
+            case.name
+        );
         if t.preprocess.crop == CropMode::Random {
-            assert!(seen_max_x, "{}: the last crop column is never drawn", case.name);
+            assert!(
+                seen_max_x,
+                "{}: the last crop column is never drawn",
+                case.name
+            );
         }
         // `apply` is `draw` + `apply_with`.
         let mut a = Xoshiro256PlusPlus::seed_from_u64(9);

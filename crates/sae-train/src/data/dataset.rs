@@ -158,7 +158,9 @@ pub(crate) fn read_file_capped(path: &Path) -> Result<Vec<u8>, DataError> {
         return Err(DataError::Read {
             container: path.parent().unwrap_or(path).to_path_buf(),
             key: path.display().to_string(),
-            reason: format!("the file holds {len} bytes, more than the {MAX_ENCODED_BYTES} allowed"),
+            reason: format!(
+                "the file holds {len} bytes, more than the {MAX_ENCODED_BYTES} allowed"
+            ),
         });
     }
     let mut bytes = Vec::with_capacity(len as usize);
@@ -292,7 +294,9 @@ mod tests {
 
     #[test]
     fn extensions_ignore_case_and_need_a_dot() {
-        for name in ["a.png", "b.JPG", "c.Jpeg", "d.webp", "e.WEBP", "f.bmp", "x.y.ppm"] {
+        for name in [
+            "a.png", "b.JPG", "c.Jpeg", "d.webp", "e.WEBP", "f.bmp", "x.y.ppm",
+        ] {
             assert!(has_image_extension(name), "{name}");
         }
         for name in ["png", "a.txt", "a.png.txt", "a.", "a.gif"] {
@@ -302,7 +306,10 @@ mod tests {
 
     #[test]
     fn keys_sort_as_strings() {
-        let mut keys = vec![path_key(Path::new("a/b.png")), path_key(Path::new("a-c.png"))];
+        let mut keys = vec![
+            path_key(Path::new("a/b.png")),
+            path_key(Path::new("a-c.png")),
+        ];
         keys.sort();
         assert_eq!(keys, ["a-c.png", "a/b.png"]);
     }

@@ -168,7 +168,8 @@ impl Shared {
             .unwrap_or_else(|_| format!("#{index}"));
         let result = catch_unwind(AssertUnwindSafe(|| {
             let img = self.dataset.decode(index)?;
-            let mut rng = Xoshiro256PlusPlus::seed_from_u64(sample_seed(self.seed, epoch, position));
+            let mut rng =
+                Xoshiro256PlusPlus::seed_from_u64(sample_seed(self.seed, epoch, position));
             self.transform.apply(&img, &mut rng, &key)
         }));
         let result = match result {
@@ -277,7 +278,10 @@ impl Loader {
         if state.cursor > n {
             return Err(DataError::BadState {
                 state: format!("{state:?}"),
-                reason: format!("the cursor is beyond the {n} images of {}", dataset.describe()),
+                reason: format!(
+                    "the cursor is beyond the {n} images of {}",
+                    dataset.describe()
+                ),
             });
         }
         let next_seq = state
@@ -305,7 +309,9 @@ impl Loader {
         } else {
             let workers = config.workers;
             // Per-worker capacity so that all queues together hold about `prefetch` batches.
-            let capacity = (config.prefetch * config.batch_size).div_ceil(workers).max(1);
+            let capacity = (config.prefetch * config.batch_size)
+                .div_ceil(workers)
+                .max(1);
             let mut receivers = Vec::with_capacity(workers);
             let mut handles = Vec::with_capacity(workers);
             for w in 0..workers {

@@ -183,7 +183,15 @@ impl Texture {
         let phase = match self.kind {
             0 => (x * self.direction.0 + y * self.direction.1).div_euclid(p) % 2 != 0,
             1 => (x.div_euclid(p) + y.div_euclid(p)) % 2 != 0,
-            _ => mix(self.noise_seed, x.div_euclid(p) as u64, y.div_euclid(p) as u64, 0) & 1 != 0,
+            _ => {
+                mix(
+                    self.noise_seed,
+                    x.div_euclid(p) as u64,
+                    y.div_euclid(p) as u64,
+                    0,
+                ) & 1
+                    != 0
+            }
         };
         let base = self.palette[label];
         if !phase {
@@ -193,7 +201,11 @@ impl Texture {
         // visible on dark and bright colours alike.
         base.map(|v| {
             let v = i64::from(v);
-            let moved = if v < 128 { v + self.contrast } else { v - self.contrast };
+            let moved = if v < 128 {
+                v + self.contrast
+            } else {
+                v - self.contrast
+            };
             moved.clamp(0, 255) as u8
         })
     }

@@ -75,7 +75,9 @@ impl FromStr for Preprocessing {
             return Ok(out);
         }
         if value.is_empty() {
-            return Err(bad("empty; use `none` for no resize and no crop".to_string()));
+            return Err(bad(
+                "empty; use `none` for no resize and no crop".to_string()
+            ));
         }
         for step in value.split("_and_") {
             let resize = match step {
@@ -318,11 +320,7 @@ impl TrainTransform {
         let (w0, h0) = (img.width() as usize, img.height() as usize);
         let (w, h) = self.resized_size(w0, h0);
         if w == 0 || h == 0 {
-            return Err(too_small(
-                w0,
-                h0,
-                format!("the resize would give {w}x{h}"),
-            ));
+            return Err(too_small(w0, h0, format!("the resize would give {w}x{h}")));
         }
         let resized = resize_like_pil(Cow::Borrowed(img), to_u32(w), to_u32(h), BICUBIC);
         let cropped = match self.preprocess.crop {
@@ -371,7 +369,13 @@ fn to_u32(v: usize) -> u32 {
 }
 
 /// The `width × height` window at `(x, y)`, or the image itself when the window is all of it.
-fn crop(img: Cow<'_, RgbImage>, x: usize, y: usize, width: usize, height: usize) -> Cow<'_, RgbImage> {
+fn crop(
+    img: Cow<'_, RgbImage>,
+    x: usize,
+    y: usize,
+    width: usize,
+    height: usize,
+) -> Cow<'_, RgbImage> {
     if x == 0 && y == 0 && (width, height) == (img.width() as usize, img.height() as usize) {
         return img;
     }
@@ -391,16 +395,15 @@ fn to_tensor(img: &RgbImage, flip: bool) -> ImageTensor {
     // The 256 possible values, computed once with the shared f32 normalisation.
     let lut: [f32; 256] = std::array::from_fn(|v| normalize_u8(v as u8));
     let (width, height) = (img.width() as usize, img.height() as usize);
-    let plane = width * height;
-    let mut data = vec![0.0f32; 3 * plane];
-    let raw = img.as_raw();
-    for y in 0..height {
-        for x in 0..width {
-            let sx = if flip { width - 1 - x } else { x };
-            let src = 3 * (y * width + sx);
-            let dst = y * width + x;
-            for c in 0..3 {
-                data[c * plane + dst] = lut[usize::from(raw[src + c])];
+    // Filled plane by plane with pushes: no zeroing pass over the 12 bytes per pixel.
+    let mut data = Vec::with_capacity(3 * width * height);
+    for c in 0..3 {
+        for row in img.as_raw().chunks_exact(3 * width) {
+            let channel = row[c..].iter().step_by(3).map(|&v| lut[usize::from(v)]);
+            if flip {
+                data.extend(channel.rev());
+            } else {
+                data.extend(channel);
             }
         }
     }
@@ -464,8 +467,9 @@ mod tests {
             let err = bad.parse::<Preprocessing>().expect_err(bad);
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
-        let json = serde_json::to_string(&TrainTransform::new("resize_and_crop", 8, 4, true).unwrap())
-            .unwrap();
+        let json =
+            serde_json::to_string(&TrainTransform::new("resize_and_crop", 8, 4, true).unwrap())
+                .unwrap();
         assert!(json.contains("\"resize_and_crop\""), "{json}");
         let back: TrainTransform = serde_json::from_str(&json).unwrap();
         assert_eq!(back.preprocess.crop, CropMode::Random);
@@ -492,7 +496,10 @@ mod tests {
         for _ in 0..30_000 {
             counts[below(&mut rng, 3) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (9_500..10_500).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+            "{counts:?}"
+        );
         assert_eq!(below(&mut rng, 1), 0);
     }
 
@@ -501,18 +508,42 @@ mod tests {
         let img = RgbImage::new(20, 10);
         let t = TrainTransform::new("crop", 0, 16, false).unwrap();
         let err = t
-            .apply_with(&img, Augment { crop_x: 0, crop_y: 0, flip: false }, "k.png")
+            .apply_with(
+                &img,
+                Augment {
+                    crop_x: 0,
+                    crop_y: 0,
+                    flip: false,
+                },
+                "k.png",
+            )
             .expect_err("10 < 16");
         assert!(matches!(err, DataError::TooSmall { .. }), "{err:?}");
         assert!(err.to_string().contains("k.png"), "{err}");
         let t = TrainTransform::new("scale_width", 4, 0, false).unwrap();
         let err = t
-            .apply_with(&RgbImage::new(40, 1), Augment { crop_x: 0, crop_y: 0, flip: false }, "w")
+            .apply_with(
+                &RgbImage::new(40, 1),
+                Augment {
+                    crop_x: 0,
+                    crop_y: 0,
+                    flip: false,
+                },
+                "w",
+            )
             .expect_err("int(4/40) = 0");
         assert!(matches!(err, DataError::TooSmall { .. }), "{err:?}");
         let t = TrainTransform::new("crop", 0, 8, false).unwrap();
         let err = t
-            .apply_with(&img, Augment { crop_x: 13, crop_y: 0, flip: false }, "k")
+            .apply_with(
+                &img,
+                Augment {
+                    crop_x: 13,
+                    crop_y: 0,
+                    flip: false,
+                },
+                "k",
+            )
             .expect_err("13 + 8 > 20");
         assert!(matches!(err, DataError::BadConfig { .. }), "{err:?}");
     }
@@ -522,10 +553,26 @@ mod tests {
         let img = RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 10, y as u8, 0]));
         let t = TrainTransform::new("none", 0, 0, true).unwrap();
         let plain = t
-            .apply_with(&img, Augment { crop_x: 0, crop_y: 0, flip: false }, "k")
+            .apply_with(
+                &img,
+                Augment {
+                    crop_x: 0,
+                    crop_y: 0,
+                    flip: false,
+                },
+                "k",
+            )
             .unwrap();
         let flipped = t
-            .apply_with(&img, Augment { crop_x: 0, crop_y: 0, flip: true }, "k")
+            .apply_with(
+                &img,
+                Augment {
+                    crop_x: 0,
+                    crop_y: 0,
+                    flip: true,
+                },
+                "k",
+            )
             .unwrap();
         assert_eq!(plain, ImageTensor::from_rgb8(&img));
         for y in 0..16 {

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use image::ImageFormat;
 use image::ImageEncoder as _;
+use image::ImageFormat;
 use sae_model::image_io::RgbImage;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
-use super::dataset::{Dataset, MAX_ENCODED_BYTES, has_image_extension};
 use super::DataError;
+use super::dataset::{Dataset, MAX_ENCODED_BYTES, has_image_extension};
 
 /// A read-only file shared by clones, each clone with its own position.
 ///
@@ -44,7 +44,10 @@ impl Seek for SharedFile {
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
         self.pos = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
         })?;
         Ok(self.pos)
     }
