@@ -82,7 +82,9 @@ pub trait Dataset: Send + Sync {
     }
 
     /// A short description for messages: the dataset's path, or what generates it.
-    fn describe(&self) -> String;
+    fn describe(&self) -> String {
+        format!("dataset of {} images", self.len())
+    }
 }
 
 /// Opens the dataset at `path`, choosing the layout from what is there:

@@ -3,6 +3,8 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use heed::types::{Bytes, DecodeIgnore};
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
@@ -38,7 +40,7 @@ const CACHE_MAGIC: &[u8; 8] = b"SAEKEYS1";
 ///   [`LmdbDataset::open_with_channels`] states it explicitly.
 pub struct LmdbDataset {
     path: PathBuf,
-    env: Env<WithoutTls>,
+    env: Arc<Env<WithoutTls>>,
     db: Database<Bytes, Bytes>,
     /// All keys, concatenated.
     key_bytes: Vec<u8>,
@@ -92,16 +94,7 @@ impl LmdbDataset {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        // SAFETY: NO_LOCK is unsafe only with concurrent writers, and this type never writes;
-        // the documented contract (and the official loader's `lock=False`) is that nothing
-        // writes the database while it is being read. READ_ONLY and NO_READ_AHEAD are safe.
-        unsafe {
-            options.flags(EnvFlags::READ_ONLY | EnvFlags::NO_LOCK | EnvFlags::NO_READ_AHEAD);
-        }
-        // SAFETY: the memory map is only unsound if the file is modified while mapped, which
-        // the read-only contract above excludes.
-        let env = unsafe { options.open(path) }.map_err(lmdb_err)?;
+        let env = shared_env(path)?;
         let rtxn = env.read_txn().map_err(lmdb_err)?;
         let db: Database<Bytes, Bytes> = env
             .open_database(&rtxn, None)
@@ -165,6 +158,59 @@ impl LmdbDataset {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The environments this process has open, by canonical path.
+///
+/// heed refuses to open one LMDB environment twice in a process, so datasets of the same
+/// folder (a training and an evaluation loader, say) share one `Env`, which closes when the
+/// last of them is dropped.
+static OPEN_ENVS: Mutex<Vec<(PathBuf, Weak<Env<WithoutTls>>)>> = Mutex::new(Vec::new());
+
+/// The process's read-only environment for the LMDB folder `path`, opened if needed.
+fn shared_env(path: &Path) -> Result<Arc<Env<WithoutTls>>, DataError> {
+    let lmdb_err = |e: heed::Error| DataError::Lmdb {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let canonical = fs::canonicalize(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // A poisoned lock only means a panic elsewhere; the list of weak handles is still valid.
+    let mut envs = OPEN_ENVS.lock().unwrap_or_else(|p| p.into_inner());
+    envs.retain(|(_, env)| env.strong_count() > 0);
+    if let Some(env) = envs
+        .iter()
+        .find(|(p, _)| *p == canonical)
+        .and_then(|(_, env)| env.upgrade())
+    {
+        return Ok(env);
+    }
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    // SAFETY: NO_LOCK is unsafe only with concurrent writers, and this type never writes;
+    // the documented contract (and the official loader's `lock=False`) is that nothing
+    // writes the database while it is being read. READ_ONLY and NO_READ_AHEAD are safe.
+    unsafe {
+        options.flags(EnvFlags::READ_ONLY | EnvFlags::NO_LOCK | EnvFlags::NO_READ_AHEAD);
+    }
+    // An environment whose last handle is being dropped on another thread stays registered
+    // in heed until its close finishes; wait briefly for that rather than fail.
+    let mut tries = 0;
+    let env = loop {
+        // SAFETY: the memory map is only unsound if the file is modified while mapped,
+        // which the read-only contract above excludes.
+        match unsafe { options.open(&canonical) } {
+            Err(heed::Error::EnvAlreadyOpened) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.map_err(lmdb_err)?,
+        }
+    };
+    let env = Arc::new(env);
+    envs.push((canonical, Arc::downgrade(&env)));
+    Ok(env)
 }
 
 /// Reads the key cache if it matches the database (same entry count and `data.mdb` size).
@@ -269,5 +315,30 @@ impl Dataset for LmdbDataset {
 
     fn describe(&self) -> String {
         format!("LMDB {}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_cache_round_trips_and_refuses_stale_or_damaged_files() {
+        let dir = std::env::temp_dir().join(format!("sae-lmdb-cache-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let cache = dir.join(KEY_CACHE_FILE);
+        let key_bytes = b"abcdefgh".to_vec();
+        let ends = vec![1, 1, 4, 8]; // "a", "", "bcd", "efgh"
+        write_cache(&cache, 4096, &key_bytes, &ends).expect("write");
+        assert_eq!(read_cache(&cache, 4, 4096), Some((key_bytes, ends)));
+        assert_eq!(read_cache(&cache, 5, 4096), None, "entry count changed");
+        assert_eq!(read_cache(&cache, 4, 8192), None, "data.mdb size changed");
+        let bytes = fs::read(&cache).expect("read");
+        fs::write(&cache, &bytes[..bytes.len() - 1]).expect("truncate");
+        assert_eq!(read_cache(&cache, 4, 4096), None, "truncated");
+        fs::write(&cache, [bytes.as_slice(), b"x"].concat()).expect("extend");
+        assert_eq!(read_cache(&cache, 4, 4096), None, "trailing bytes");
+        assert_eq!(read_cache(&dir.join("missing"), 4, 4096), None);
+        let _ = fs::remove_dir_all(dir);
     }
 }

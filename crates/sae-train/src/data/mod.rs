@@ -30,7 +30,7 @@ mod zip;
 pub use dataset::{Dataset, IMAGE_EXTENSIONS, ImageFolder, MAX_ENCODED_BYTES, open_dataset};
 pub use error::DataError;
 #[cfg(feature = "lmdb")]
-pub use lmdb::LmdbDataset;
+pub use lmdb::{KEY_CACHE_FILE, LmdbDataset};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, sample_seed};
 pub use synthetic::{SyntheticShapes, write_synthetic_folder};
 pub use transform::{Augment, CropMode, Preprocessing, ResizeMode, TrainTransform};

@@ -395,16 +395,15 @@ fn to_tensor(img: &RgbImage, flip: bool) -> ImageTensor {
     // The 256 possible values, computed once with the shared f32 normalisation.
     let lut: [f32; 256] = std::array::from_fn(|v| normalize_u8(v as u8));
     let (width, height) = (img.width() as usize, img.height() as usize);
-    let plane = width * height;
-    let mut data = vec![0.0f32; 3 * plane];
-    let raw = img.as_raw();
-    for y in 0..height {
-        for x in 0..width {
-            let sx = if flip { width - 1 - x } else { x };
-            let src = 3 * (y * width + sx);
-            let dst = y * width + x;
-            for c in 0..3 {
-                data[c * plane + dst] = lut[usize::from(raw[src + c])];
+    // Filled plane by plane with pushes: no zeroing pass over the 12 bytes per pixel.
+    let mut data = Vec::with_capacity(3 * width * height);
+    for c in 0..3 {
+        for row in img.as_raw().chunks_exact(3 * width) {
+            let channel = row[c..].iter().step_by(3).map(|&v| lut[usize::from(v)]);
+            if flip {
+                data.extend(channel.rev());
+            } else {
+                data.extend(channel);
             }
         }
     }
