@@ -39,11 +39,17 @@ def _rows(draws, lo, hi):
 
 
 def _noise_rows(noise, lo, hi):
-    return {k: v[lo:hi] for k, v in noise.items()}
+    return None if noise is None else {k: v[lo:hi] for k, v in noise.items()}
 
 
 def _g(G, sp, gl, noise):
-    G.set_fixed_noise(noise)
+    """G with the given fixed noise, or fresh random noise when `noise` is None."""
+    if noise is None:
+        for m in G.modules():
+            if isinstance(m, R.NoiseInjection):
+                m.fixed_noise = None
+    else:
+        G.set_fixed_noise(noise)
     return G(sp, gl)
 
 
@@ -62,8 +68,9 @@ def _finish(parts, weights):
     return {k: torch.cat(v).mean() * weights[k] for k, v in parts.items()}
 
 
-def d_step_losses(E, G, D, P, real, cfg, crops, noise):
-    """crops: 3 draws (reference, target, mix); noise: 2 dicts (rec [B/2], mix [B])."""
+def d_step_losses(E, G, D, P, real, cfg, crops, noise=(None, None)):
+    """crops: 3 draws (reference, target, mix); noise: 2 dicts (rec [B/2], mix [B]) or None
+    for fresh noise."""
     t = cfg["patch_num_crops"]
     chunks, m = _chunks(real.shape[0], cfg)
     parts = {k: [] for k in ("D_real", "D_rec", "D_mix", "PatchD_real", "PatchD_mix")}
@@ -109,7 +116,7 @@ def r1_losses(D, P, real, cfg, crops):
     return _finish(parts, {"D_R1": k, "PatchD_R1": k})
 
 
-def g_step_losses(E, G, D, P, real, cfg, crops, noise):
+def g_step_losses(E, G, D, P, real, cfg, crops, noise=(None, None)):
     """crops: 2 draws (reference, mix); noise: 2 dicts (rec [B/2], mix [B]).
     D and P must not require grad (the caller freezes them)."""
     t = cfg["patch_num_crops"]

@@ -788,9 +788,6 @@ impl Trainer {
         while self.counters.images < total {
             let t0 = Instant::now();
             let report = self.step()?;
-            for (key, reason) in &report.skipped {
-                eprintln!("warning: skipped {key}: {reason}");
-            }
             self.stats.add(&report, t0.elapsed().as_secs_f64(), batch);
             let images = self.counters.images;
             progress.update(images, self.stats.rate());
