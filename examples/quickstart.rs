@@ -5,7 +5,7 @@
 //!    *structure* (a sloped horizon and two to four rectangles or discs) painted with a
 //!    *texture* (a colour palette and a stripe, checker or noise pattern), drawn independently.
 //! 2. Trains the `tiny` preset (the official losses, R1 and optimizers; about 0.6 M
-//!    parameters) for `--steps` optimizer calls (default 1500, a few minutes on two cores) into
+//!    parameters) for `--steps` optimizer calls (default 400, about five minutes on two cores) into
 //!    `target/sae-quickstart/run/` (options.json, stats.jsonl, snapshots/, checkpoints/).
 //! 3. Writes, next to the run:
 //!    - `swap_grid.png`: row 0 holds four texture images; below, each row starts with a
@@ -29,7 +29,7 @@ use sae::train::data::{Dataset, SyntheticShapes, write_synthetic_folder};
 use sae::train::trainer::list_checkpoints;
 use sae::train::{TrainArgs, launch, stop_on_ctrl_c};
 
-const IMAGES: usize = 96;
+const IMAGES: usize = 16;
 const SIZE: usize = 64;
 const SEED: u64 = 2020;
 
@@ -55,7 +55,7 @@ fn to_rgb(y: Tensor<4>) -> Result<RgbImage, Box<dyn std::error::Error>> {
 fn steps_arg() -> Result<u64, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
-        [] => Ok(1500),
+        [] => Ok(400),
         [flag, n] if flag == "--steps" => n
             .parse()
             .ok()

@@ -50,7 +50,6 @@ use std::borrow::Cow;
 use std::fs;
 use std::io::{BufWriter, Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::codecs::png::PngEncoder;
 use image::imageops::{self, FilterType};
@@ -592,25 +591,17 @@ pub fn save_rgb8(img: &RgbImage, path: &Path) -> Result<(), ImageError> {
 
 /// Atomically writes an 8-bit RGB image as PNG (the worker behind [`save_png`]).
 fn save_rgb_png(img: &RgbImage, path: &Path) -> Result<(), ImageError> {
-    // A per-process counter keeps concurrent writers in one process from sharing a temp name;
-    // the pid keeps separate processes apart.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let io_err = |source: std::io::Error| ImageError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file_name = path.file_name().ok_or_else(|| ImageError::Encode {
-        path: path.to_path_buf(),
-        reason: "the path has no file name".to_string(),
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = path.with_file_name(tmp_name);
+    if path.file_name().is_none() {
+        return Err(ImageError::Encode {
+            path: path.to_path_buf(),
+            reason: "the path has no file name".to_string(),
+        });
+    }
+    let tmp = crate::native::temp_sibling(path);
 
     let write = || -> Result<(), ImageError> {
         let file = fs::File::create(&tmp).map_err(io_err)?;

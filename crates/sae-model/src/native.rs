@@ -64,18 +64,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NativeError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over the target.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NativeError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+/// A temporary path next to `path` (same directory, so a rename over `path` is atomic):
+/// `.NAME.tmp-PID-N`. The pid keeps processes apart, the per-process counter concurrent writers
+/// in one process; a leftover never matches a name a reader looks for.
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
+/// renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NativeError> {
+    let tmp = temp_sibling(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

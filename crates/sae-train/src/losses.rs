@@ -93,17 +93,8 @@ pub fn swap_indices(batch: usize) -> Vec<usize> {
     (0..batch).map(|i| i ^ 1).collect()
 }
 
-fn select4(x: Tensor<4>, idx: &[usize]) -> Tensor<4> {
-    let device = x.device();
-    let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-    let n = idx.len();
-    x.select(
-        0,
-        Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &device),
-    )
-}
-
-fn select2(x: Tensor<2>, idx: &[usize]) -> Tensor<2> {
+/// The rows `idx` of a batch.
+fn select_rows<const D: usize>(x: Tensor<D>, idx: &[usize]) -> Tensor<D> {
     let device = x.device();
     let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
     let n = idx.len();
@@ -206,12 +197,12 @@ fn decode_rec_mix(
     let b = codes.structure.dims()[0];
     let rec_idx = cfg.rec_indices(b);
     let rec = g.forward(
-        select4(codes.structure.clone(), &rec_idx),
-        Style::Global(select2(codes.texture.clone(), &rec_idx)),
+        select_rows(codes.structure.clone(), &rec_idx),
+        Style::Global(select_rows(codes.texture.clone(), &rec_idx)),
         rnd.noise(),
     );
     let mix = g.forward(
-        select4(codes.structure.clone(), &swap_indices(b)),
+        select_rows(codes.structure.clone(), &swap_indices(b)),
         Style::Global(codes.texture.clone()),
         rnd.noise(),
     );
@@ -244,7 +235,7 @@ pub fn discriminator_losses(
     let codes = e.forward(real.clone().detach());
     let (rec, mix) = decode_rec_mix(&g, &codes, cfg, rnd);
     let (rec, mix) = (rec.detach(), mix.detach());
-    let rec_real = select4(real.clone(), &cfg.rec_indices(real.dims()[0]));
+    let rec_real = select_rows(real.clone(), &cfg.rec_indices(real.dims()[0]));
     let l1_dist = (rec.clone() - rec_real).abs().mean().detach();
     let lg = cfg.lambda_gan;
     let d_real = gan_loss(nets.d.forward(real.clone()), true) * lg;
@@ -320,7 +311,7 @@ pub fn generator_losses(
     let real = real.detach();
     let codes = nets.e.forward(real.clone());
     let (rec, mix) = decode_rec_mix(nets.g, &codes, cfg, rnd);
-    let rec_real = select4(real.clone(), &cfg.rec_indices(b));
+    let rec_real = select_rows(real.clone(), &cfg.rec_indices(b));
     let l1 = (rec.clone() - rec_real).abs().mean();
     let l1_dist = l1.clone().detach();
     let lg = cfg.lambda_gan;

@@ -188,6 +188,19 @@ pub struct Trainer {
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
 const CHECKPOINT_SUFFIX: &str = ".safetensors";
 
+/// The networks of a trainer, borrowed field by field (so `self.rnd` can be borrowed mutably
+/// beside them).
+macro_rules! nets {
+    ($t:expr) => {
+        Nets {
+            e: &$t.e,
+            g: &$t.g,
+            d: &$t.d,
+            dpatch: &$t.dpatch,
+        }
+    };
+}
+
 /// Validates options before anything is created, naming the command-line flag at fault.
 pub fn validate(opts: &TrainOptions) -> Result<(), TrainError> {
     let bad = |option: &str, problem: String| {
@@ -554,12 +567,7 @@ impl Trainer {
         let mut terms;
         if is_d {
             let losses = discriminator_losses(
-                Nets {
-                    e: &self.e,
-                    g: &self.g,
-                    d: &self.d,
-                    dpatch: &self.dpatch,
-                },
+                nets!(self),
                 real.clone(),
                 &self.opts.losses,
                 &self.sampler,
@@ -575,12 +583,7 @@ impl Trainer {
                 .is_multiple_of(self.opts.losses.r1_once_every as u64)
             {
                 let losses = r1_losses(
-                    Nets {
-                        e: &self.e,
-                        g: &self.g,
-                        d: &self.d,
-                        dpatch: &self.dpatch,
-                    },
+                    nets!(self),
                     real,
                     &self.opts.losses,
                     &self.sampler,
@@ -593,12 +596,7 @@ impl Trainer {
             }
         } else {
             let losses = generator_losses(
-                Nets {
-                    e: &self.e,
-                    g: &self.g,
-                    d: &self.d,
-                    dpatch: &self.dpatch,
-                },
+                nets!(self),
                 real,
                 &self.opts.losses,
                 &self.sampler,

@@ -18,7 +18,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use sae_model::checkpoint::{Net, remap_checkpoint};
 use sae_model::native::f32_view_data;
-use sae_model::{GeneratorNoise, SwappingAutoencoder};
+use sae_model::{Discriminator, GeneratorNoise, PatchDiscriminator, SwappingAutoencoder};
 use sae_nn::{CropDraws, PatchSampler, PatchSamplerConfig, collect_params};
 use sae_train::{
     Adam, AdamConfig, LossConfig, Losses, Nets, Randomness, discriminator_losses, generator_losses,
@@ -161,6 +161,29 @@ fn check_params<M: Module>(
     worst
 }
 
+/// Checks a D-optimizer step (the D step or the R1 step): its terms, the gradients of D and
+/// Dpatch, then the parameters after the Adam update; returns the updated networks.
+fn check_d_update(
+    step: &str,
+    losses: &Losses,
+    d: Discriminator,
+    dp: PatchDiscriminator,
+    opt_d: &mut Adam,
+    official: &BTreeMap<(Net, String), String>,
+    fx: &Fixture,
+) -> (Discriminator, PatchDiscriminator) {
+    check_losses(step, losses, fx);
+    let grads = losses.total().backward();
+    check_params(step, "grad", Net::D, &d, Some(&grads), official, fx);
+    check_params(step, "grad", Net::Dpatch, &dp, Some(&grads), official, fx);
+    opt_d.begin_step();
+    let d = opt_d.update("d", d, &grads);
+    let dp = opt_d.update("dpatch", dp, &grads);
+    check_params(step, "after", Net::D, &d, None, official, fx);
+    check_params(step, "after", Net::Dpatch, &dp, None, official, fx);
+    (d, dp)
+}
+
 fn run_on(device: &Device) {
     let fx = fixture();
     let sd: BTreeMap<String, TensorData> =
@@ -193,15 +216,7 @@ fn run_on(device: &Device) {
     };
     let losses =
         discriminator_losses(nets, fx.tensor4("d.real", device), &cfg, &sampler, &mut rnd).unwrap();
-    check_losses("d", &losses, &fx);
-    let grads = losses.total().backward();
-    check_params("d", "grad", Net::D, &d, Some(&grads), &official, &fx);
-    check_params("d", "grad", Net::Dpatch, &dp, Some(&grads), &official, &fx);
-    opt_d.begin_step();
-    d = opt_d.update("d", d, &grads);
-    dp = opt_d.update("dpatch", dp, &grads);
-    check_params("d", "after", Net::D, &d, None, &official, &fx);
-    check_params("d", "after", Net::Dpatch, &dp, None, &official, &fx);
+    (d, dp) = check_d_update("d", &losses, d, dp, &mut opt_d, &official, &fx);
 
     // 2. R1 on the same batch.
     let mut rnd = fx.scripted("r1", 2, 0, device);
@@ -219,15 +234,7 @@ fn run_on(device: &Device) {
         &mut rnd,
     )
     .unwrap();
-    check_losses("r1", &losses, &fx);
-    let grads = losses.total().backward();
-    check_params("r1", "grad", Net::D, &d, Some(&grads), &official, &fx);
-    check_params("r1", "grad", Net::Dpatch, &dp, Some(&grads), &official, &fx);
-    opt_d.begin_step();
-    d = opt_d.update("d", d, &grads);
-    dp = opt_d.update("dpatch", dp, &grads);
-    check_params("r1", "after", Net::D, &d, None, &official, &fx);
-    check_params("r1", "after", Net::Dpatch, &dp, None, &official, &fx);
+    (d, dp) = check_d_update("r1", &losses, d, dp, &mut opt_d, &official, &fx);
 
     // 3. G step on a fresh batch.
     let mut rnd = fx.scripted("g", 2, 2, device);

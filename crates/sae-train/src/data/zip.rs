@@ -5,7 +5,6 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::ImageEncoder as _;
 use image::ImageFormat;
@@ -212,19 +211,13 @@ impl Dataset for ZipDataset {
 /// [`DataError::Empty`] if no entry could be written, and the read errors of `src`
 /// (a conversion does not silently drop unreadable data).
 pub fn convert_to_zip(src: &dyn Dataset, out: &Path) -> Result<usize, DataError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let file_name = out.file_name().ok_or_else(|| DataError::Zip {
-        path: out.to_path_buf(),
-        reason: "the output path has no file name".to_string(),
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = out.with_file_name(tmp_name);
+    if out.file_name().is_none() {
+        return Err(DataError::Zip {
+            path: out.to_path_buf(),
+            reason: "the output path has no file name".to_string(),
+        });
+    }
+    let tmp = sae_model::native::temp_sibling(out);
     let result = write_zip(src, &tmp, out).and_then(|count| {
         fs::rename(&tmp, out).map_err(|source| DataError::Io {
             path: out.to_path_buf(),
