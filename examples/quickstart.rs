@@ -1,7 +1,7 @@
 //! The CPU quickstart: train a small Swapping Autoencoder from scratch on generated images,
 //! then swap and interpolate with it. No downloads, no GPU.
 //!
-//! 1. Writes 96 generated 64×64 images to `target/sae-quickstart/shapes/`. Each is a
+//! 1. Writes 16 generated 64×64 images to `target/sae-quickstart/shapes/`. Each is a
 //!    *structure* (a sloped horizon and two to four rectangles or discs) painted with a
 //!    *texture* (a colour palette and a stripe, checker or noise pattern), drawn independently.
 //! 2. Trains the `tiny` preset (the official losses, R1 and optimizers; about 0.6 M
@@ -9,8 +9,9 @@
 //!    `target/sae-quickstart/run/` (options.json, stats.jsonl, snapshots/, checkpoints/).
 //! 3. Writes, next to the run:
 //!    - `swap_grid.png`: row 0 holds four texture images; below, each row starts with a
-//!      structure image followed by its swaps with every texture. The swaps keep the row's
-//!      layout (horizon, shapes) and take the column's colours and pattern.
+//!      structure image followed by its swaps with every texture. A trained model keeps the
+//!      row's layout (horizon, shapes) and takes the column's colours and pattern; after the
+//!      default 400 calls only the colours follow the column (see the README).
 //!    - `swap_grid_truth.png`: the same grid rendered by the generator of the data (what a
 //!      perfect swap would give), for comparison.
 //!    - `interpolation.png`: structure image | texture mixes α = 0, 0.25, 0.5, 0.75, 1 |
@@ -70,8 +71,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new("target/sae-quickstart");
     let shapes = root.join("shapes");
     let run = root.join("run");
-    if run.exists() {
-        std::fs::remove_dir_all(&run)?;
+    for dir in [&run, &shapes] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
     }
     write_synthetic_folder(&shapes, IMAGES, SIZE, SEED)?;
     println!("{IMAGES} generated images in {}", shapes.display());
@@ -148,8 +151,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("wrote {}", root.join(name).display());
     }
     println!(
-        "In swap_grid.png each row keeps its first image's layout and takes each column's colours \
-         and pattern; compare with swap_grid_truth.png."
+        "In swap_grid.png the colours of each column follow its texture image; the layout of each \
+         row needs a longer run (--steps) to appear. swap_grid_truth.png shows a perfect swap."
     );
     Ok(())
 }

@@ -242,6 +242,9 @@ fn model_has_extra(nets: &BTreeMap<&str, BTreeMap<String, TensorData>>, d: bool,
     (!d && nets.contains_key("d")) || (!p && nets.contains_key("dpatch"))
 }
 
+/// Extra tensors by name (without the `train.` prefix) and all metadata entries.
+pub type NativeExtras = (BTreeMap<String, TensorData>, BTreeMap<String, String>);
+
 /// The extra tensors (without their `train.` prefix) and all metadata of a file written by
 /// [`save_native_with_extras`].
 ///
@@ -250,7 +253,7 @@ fn model_has_extra(nets: &BTreeMap<&str, BTreeMap<String, TensorData>>, d: bool,
 /// [`NativeError::NotNative`] without the format marker.
 pub fn read_native_extras(
     path: &Path,
-) -> Result<(BTreeMap<String, TensorData>, BTreeMap<String, String>), NativeError> {
+) -> Result<NativeExtras, NativeError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let format_err = |reason: String| NativeError::Format {
         path: path.to_path_buf(),

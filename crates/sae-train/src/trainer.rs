@@ -563,7 +563,7 @@ impl Trainer {
         let batch = self.loader.next_batch()?;
         self.skipped_total += batch.skipped.len() as u64;
         let real = Tensor::<4>::from_data(TensorData::new(batch.images, batch.shape), &self.device);
-        let is_d = self.counters.calls % 2 == 0;
+        let is_d = self.counters.calls.is_multiple_of(2);
         let mut terms;
         if is_d {
             let losses = discriminator_losses(
@@ -752,7 +752,7 @@ impl Trainer {
         );
         let rows: Vec<Vec<RgbImage>> = [real, rec, mix]
             .into_iter()
-            .map(|t| to_images(t))
+            .map(to_images)
             .collect::<Result<_, _>>()?;
         let cell = (rows[0][0].width(), rows[0][0].height());
         let refs: Vec<Vec<Option<&RgbImage>>> =
