@@ -251,9 +251,7 @@ pub type NativeExtras = (BTreeMap<String, TensorData>, BTreeMap<String, String>)
 /// # Errors
 /// [`NativeError::Io`], [`NativeError::Format`] for an unreadable or non-F32 file,
 /// [`NativeError::NotNative`] without the format marker.
-pub fn read_native_extras(
-    path: &Path,
-) -> Result<NativeExtras, NativeError> {
+pub fn read_native_extras(path: &Path) -> Result<NativeExtras, NativeError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let format_err = |reason: String| NativeError::Format {
         path: path.to_path_buf(),
