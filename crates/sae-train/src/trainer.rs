@@ -201,6 +201,18 @@ macro_rules! nets {
     };
 }
 
+/// `(name, value)` of a step's loss terms.
+type Terms = Vec<(&'static str, f32)>;
+
+/// The signature shared by the three step losses of [`crate::losses`].
+type StepLoss = fn(
+    Nets<'_>,
+    Tensor<4>,
+    &crate::losses::LossConfig,
+    &PatchSampler,
+    &mut dyn crate::losses::Randomness,
+) -> Result<Losses, LossError>;
+
 /// Validates options before anything is created, naming the command-line flag at fault.
 pub fn validate(opts: &TrainOptions) -> Result<(), TrainError> {
     let bad = |option: &str, problem: String| {
@@ -566,15 +578,8 @@ impl Trainer {
         let is_d = self.counters.calls.is_multiple_of(2);
         let mut terms;
         if is_d {
-            let losses = discriminator_losses(
-                nets!(self),
-                real.clone(),
-                &self.opts.losses,
-                &self.sampler,
-                &mut self.rnd,
-            )?;
-            terms = self.check_finite(&losses)?;
-            let grads = losses.total().backward();
+            let (t, grads) = self.evaluate(discriminator_losses, real.clone())?;
+            terms = t;
             self.apply_d(&grads);
             self.counters.d_steps += 1;
             if self
@@ -582,28 +587,14 @@ impl Trainer {
                 .d_steps
                 .is_multiple_of(self.opts.losses.r1_once_every as u64)
             {
-                let losses = r1_losses(
-                    nets!(self),
-                    real,
-                    &self.opts.losses,
-                    &self.sampler,
-                    &mut self.rnd,
-                )?;
-                terms.extend(self.check_finite(&losses)?);
-                let grads = losses.total().backward();
+                let (t, grads) = self.evaluate(r1_losses, real)?;
+                terms.extend(t);
                 self.apply_d(&grads);
                 self.counters.r1_steps += 1;
             }
         } else {
-            let losses = generator_losses(
-                nets!(self),
-                real,
-                &self.opts.losses,
-                &self.sampler,
-                &mut self.rnd,
-            )?;
-            terms = self.check_finite(&losses)?;
-            let grads = losses.total().backward();
+            let (t, grads) = self.evaluate(generator_losses, real)?;
+            terms = t;
             self.opt_g.begin_step();
             self.g = self.opt_g.update("g", self.g.clone(), &grads);
             self.e = self.opt_g.update("e", self.e.clone(), &grads);
@@ -616,6 +607,24 @@ impl Trainer {
             terms,
             skipped: batch.skipped,
         })
+    }
+
+    /// One step's losses on `real`: their values (refused if not finite, before any update)
+    /// and the gradients of their total.
+    fn evaluate(
+        &mut self,
+        loss: StepLoss,
+        real: Tensor<4>,
+    ) -> Result<(Terms, Gradients), TrainError> {
+        let losses = loss(
+            nets!(self),
+            real,
+            &self.opts.losses,
+            &self.sampler,
+            &mut self.rnd,
+        )?;
+        let terms = self.check_finite(&losses)?;
+        Ok((terms, losses.total().backward()))
     }
 
     fn apply_d(&mut self, grads: &Gradients) {

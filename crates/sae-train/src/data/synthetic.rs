@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use image::{ImageEncoder as _, Rgb};
+use image::Rgb;
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use sae_model::image_io::{RgbImage, save_rgb8};
@@ -13,6 +13,7 @@ use super::DataError;
 use super::dataset::Dataset;
 use super::loader::mix;
 use super::transform::below;
+use super::zip::encode_png;
 
 /// Domain tags that keep the structure and texture streams of one image independent.
 const STRUCTURE_DOMAIN: u64 = 0x5354_5255_4354; // "STRUCT"
@@ -221,19 +222,9 @@ impl Dataset for SyntheticShapes {
     }
 
     fn read(&self, index: usize) -> Result<Vec<u8>, DataError> {
-        let img = self.render(index);
-        let mut bytes = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut bytes)
-            .write_image(
-                img.as_raw(),
-                img.width(),
-                img.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(|e| DataError::BadConfig {
-                reason: format!("cannot encode synthetic image {index} as PNG: {e}"),
-            })?;
-        Ok(bytes)
+        encode_png(&self.render(index)).map_err(|e| DataError::BadConfig {
+            reason: format!("cannot encode synthetic image {index} as PNG: {e}"),
+        })
     }
 
     fn decode(&self, index: usize) -> Result<RgbImage, DataError> {

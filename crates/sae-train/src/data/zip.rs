@@ -263,7 +263,10 @@ fn write_zip(src: &dyn Dataset, tmp: &Path, out: &Path) -> Result<usize, DataErr
         if src.swaps_red_blue() {
             // `decode` undoes the swap; the bytes are read a second time, which only this
             // rare layout pays.
-            bytes = encode_png(&src.decode(index)?, out)?;
+            bytes = encode_png(&src.decode(index)?).map_err(|e| DataError::Zip {
+                path: out.to_path_buf(),
+                reason: format!("cannot encode PNG: {e}"),
+            })?;
             ext = "png";
         }
         let name = unique_name(&entry_name(&key, ext, format), &mut taken);
@@ -283,20 +286,15 @@ fn write_zip(src: &dyn Dataset, tmp: &Path, out: &Path) -> Result<usize, DataErr
     Ok(count)
 }
 
-/// PNG bytes of `img` (errors name the archive `out` being written).
-fn encode_png(img: &RgbImage, out: &Path) -> Result<Vec<u8>, DataError> {
+/// PNG bytes of `img` (the one PNG encoder of the data module).
+pub(super) fn encode_png(img: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
     let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| DataError::Zip {
-            path: out.to_path_buf(),
-            reason: format!("cannot encode PNG: {e}"),
-        })?;
+    image::codecs::png::PngEncoder::new(&mut bytes).write_image(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        image::ExtendedColorType::Rgb8,
+    )?;
     Ok(bytes)
 }
 
