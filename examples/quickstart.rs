@@ -1,21 +1,25 @@
 //! The CPU quickstart: train a small Swapping Autoencoder from scratch on generated images,
 //! then swap and interpolate with it. No downloads, no GPU.
 //!
-//! 1. Writes 16 generated 64×64 images to `target/sae-quickstart/shapes/`. Each is a
-//!    *structure* (a sloped horizon and two to four rectangles or discs) painted with a
-//!    *texture* (a colour palette and a stripe, checker or noise pattern), drawn independently.
-//! 2. Trains the `tiny` preset (the official losses, R1 and optimizers; about 0.6 M
-//!    parameters) for `--steps` optimizer calls (default 400, about five minutes on two cores) into
-//!    `target/sae-quickstart/run/` (options.json, stats.jsonl, snapshots/, checkpoints/).
-//! 3. Writes, next to the run:
+//! 1. Writes 512 generated 32×32 images to `target/sae-quickstart/shapes/`. Each is a
+//!    *structure* (a sloped horizon and one rectangle or disc) painted with a *texture* (flat
+//!    colours for sky, ground and shape), drawn independently.
+//! 2. Trains the `quickstart` preset (the official losses, exact R1 and optimizers; the tiny
+//!    networks at 32 px with a 2-channel structure code and reweighted losses, see
+//!    `sae::train::options`) for `--steps` optimizer calls (default 1500, about five minutes
+//!    on two cores) into `target/sae-quickstart/run/` (options.json, stats.jsonl, snapshots/,
+//!    checkpoints/).
+//! 3. Swaps and interpolates images the model never saw (another seed of the same generator)
+//!    and writes, next to the run, at 4× zoom:
 //!    - `swap_grid.png`: row 0 holds four texture images; below, each row starts with a
-//!      structure image followed by its swaps with every texture. A trained model keeps the
-//!      row's layout (horizon, shapes) and takes the column's colours and pattern; after the
-//!      default 400 calls only the colours follow the column (see the README).
+//!      structure image followed by its swaps with every texture. Each swap keeps its row's
+//!      layout (horizon, shape) and takes its column's colours.
 //!    - `swap_grid_truth.png`: the same grid rendered by the generator of the data (what a
 //!      perfect swap would give), for comparison.
 //!    - `interpolation.png`: structure image | texture mixes α = 0, 0.25, 0.5, 0.75, 1 |
 //!      texture image: the layout stays put while the colours move towards the texture image.
+//! 4. Scores the swaps against the perfect swaps (`SyntheticShapes::score_swap`), next to what
+//!    copying either input scores.
 //!
 //! `cargo run --release --example quickstart [-- --steps N]`. Ctrl-C stops training early
 //! (with a checkpoint) and still writes the outputs; run again to start over.
@@ -26,13 +30,19 @@ use burn::tensor::{Device, Tensor, TensorData};
 use sae::model::image_io::{self, ImageTensor, RgbImage};
 use sae::model::inference::{Decoder, NoiseMode};
 use sae::model::native::load_native;
-use sae::train::data::{Dataset, SyntheticShapes, write_synthetic_folder};
+use sae::train::data::{SwapScore, SyntheticShapes, SyntheticStyle};
 use sae::train::trainer::list_checkpoints;
 use sae::train::{TrainArgs, launch, stop_on_ctrl_c};
 
-const IMAGES: usize = 16;
-const SIZE: usize = 64;
-const SEED: u64 = 2020;
+const TRAIN_IMAGES: usize = 512;
+const SIZE: usize = 32;
+const TRAIN_SEED: u64 = 2020;
+/// The images of the grids and the scores: same generator, unseen structures and textures.
+const HELD_OUT_SEED: u64 = 7;
+/// Structures and textures of the scores (the grids show the first four of each).
+const SCORED: usize = 8;
+const DEFAULT_STEPS: u64 = 1500;
+const ZOOM: u32 = 4;
 
 fn to_tensor(img: &RgbImage, device: &Device) -> Tensor<4> {
     let t = ImageTensor::from_rgb8(img);
@@ -53,10 +63,17 @@ fn to_rgb(y: Tensor<4>) -> Result<RgbImage, Box<dyn std::error::Error>> {
     })?)
 }
 
+/// Nearest-neighbour zoom, so that 32-px cells are visible without blurring them.
+fn zoom(img: &RgbImage) -> RgbImage {
+    RgbImage::from_fn(img.width() * ZOOM, img.height() * ZOOM, |x, y| {
+        *img.get_pixel(x / ZOOM, y / ZOOM)
+    })
+}
+
 fn steps_arg() -> Result<u64, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
-        [] => Ok(400),
+        [] => Ok(DEFAULT_STEPS),
         [flag, n] if flag == "--steps" => n
             .parse()
             .ok()
@@ -76,12 +93,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::remove_dir_all(dir)?;
         }
     }
-    write_synthetic_folder(&shapes, IMAGES, SIZE, SEED)?;
-    println!("{IMAGES} generated images in {}", shapes.display());
+    let train_set =
+        SyntheticShapes::new(TRAIN_IMAGES, SIZE, TRAIN_SEED)?.with_style(SyntheticStyle::Flat);
+    train_set.write_folder(&shapes)?;
+    println!("{TRAIN_IMAGES} generated images in {}", shapes.display());
 
     let device = Device::default();
     let args = TrainArgs {
-        preset: Some("tiny".into()),
+        preset: Some("quickstart".into()),
         data: Some(shapes.clone()),
         out: run.clone(),
         steps: Some(steps),
@@ -96,45 +115,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .pop()
         .ok_or("training wrote no checkpoint")?;
     let (model, _) = load_native(&checkpoint, &device)?;
-    let data = SyntheticShapes::new(IMAGES, SIZE, SEED)?;
+    let held_out =
+        SyntheticShapes::new(2 * SCORED, SIZE, HELD_OUT_SEED)?.with_style(SyntheticStyle::Flat);
     let mut decoder = Decoder::new(&model, NoiseMode::Fixed(0));
+    let swap = |decoder: &mut Decoder, s: usize, t: usize| {
+        let (xs, xt) = (held_out.render(s), held_out.render(t));
+        to_rgb(decoder.swap(to_tensor(&xs, &device), to_tensor(&xt, &device)))
+    };
 
-    // Structures 0..4 down, textures 4..8 across.
-    let (structures, textures): (Vec<usize>, Vec<usize>) = ((0..4).collect(), (4..8).collect());
-    let img = |i: usize| data.decode(i);
-    let mut cells: Vec<Vec<RgbImage>> = Vec::new();
-    let mut truth: Vec<Vec<RgbImage>> = Vec::new();
-    let mut header = vec![RgbImage::new(SIZE as u32, SIZE as u32)];
-    for &t in &textures {
-        header.push(img(t)?);
+    // Structures 0..SCORED down, textures SCORED..2·SCORED across.
+    // Scores of the model's swaps, of copying either input and of the perfect swaps (see
+    // `SyntheticShapes::score_swap`).
+    let mut scores = [SwapScore::default(); 4];
+    let blank = RgbImage::new(SIZE as u32, SIZE as u32);
+    let mut cells = vec![vec![blank.clone()]];
+    for t in SCORED..SCORED + 4 {
+        cells[0].push(held_out.render(t));
     }
-    cells.push(header.clone());
-    truth.push(header);
-    for &s in &structures {
-        let xs = img(s)?;
-        let mut row = vec![xs.clone()];
-        let mut truth_row = vec![xs.clone()];
-        for &t in &textures {
-            let y = decoder.swap(to_tensor(&xs, &device), to_tensor(&img(t)?, &device));
-            row.push(to_rgb(y)?);
-            truth_row.push(data.render_parts(s, t));
+    let mut truth = cells.clone();
+    for s in 0..SCORED {
+        let xs = held_out.render(s);
+        let (mut row, mut truth_row) = (vec![xs.clone()], vec![xs.clone()]);
+        for t in SCORED..2 * SCORED {
+            let (y, perfect) = (swap(&mut decoder, s, t)?, held_out.render_parts(s, t));
+            for (score, image) in scores
+                .iter_mut()
+                .zip([&y, &xs, &held_out.render(t), &perfect])
+            {
+                *score += held_out.score_swap(image, s, t)?;
+            }
+            if s < 4 && t < SCORED + 4 {
+                row.push(y);
+                truth_row.push(perfect);
+            }
         }
-        cells.push(row);
-        truth.push(truth_row);
+        if s < 4 {
+            cells.push(row);
+            truth.push(truth_row);
+        }
     }
     let save_grid =
         |rows: &[Vec<RgbImage>], name: &str| -> Result<(), Box<dyn std::error::Error>> {
-            let refs: Vec<Vec<Option<&RgbImage>>> =
-                rows.iter().map(|r| r.iter().map(Some).collect()).collect();
-            let grid = image_io::grid(&refs, (SIZE as u32, SIZE as u32));
-            image_io::save_rgb8(&grid, &root.join(name))?;
+            let zoomed: Vec<Vec<RgbImage>> =
+                rows.iter().map(|r| r.iter().map(zoom).collect()).collect();
+            let refs: Vec<Vec<Option<&RgbImage>>> = zoomed
+                .iter()
+                .map(|r| r.iter().map(Some).collect())
+                .collect();
+            let side = SIZE as u32 * ZOOM;
+            image_io::save_rgb8(&image_io::grid(&refs, (side, side)), &root.join(name))?;
             Ok(())
         };
     save_grid(&cells, "swap_grid.png")?;
     save_grid(&truth, "swap_grid_truth.png")?;
 
-    // Texture interpolation: structure of image 0, texture moving to image 5.
-    let (xs, xt) = (img(0)?, img(5)?);
+    // Texture interpolation: structure of held-out image 0, texture moving to image SCORED.
+    let (xs, xt) = (held_out.render(0), held_out.render(SCORED));
     let alphas = [0.0, 0.25, 0.5, 0.75, 1.0];
     let mut strip = vec![xs.clone()];
     for y in decoder.interpolate(to_tensor(&xs, &device), to_tensor(&xt, &device), &alphas) {
@@ -147,12 +183,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "trained {steps} steps in {train_s:.0} s; checkpoint {}",
         checkpoint.display()
     );
+    println!(
+        "{} swaps of unseen images ({SCORED} structures × {SCORED} textures), judged against the \
+         generator's ground truth:",
+        SCORED * SCORED
+    );
+    println!(
+        "                               layout from     colours from    pixels right (nearest \
+         palette colour)\n                               the structure   the texture     all   \
+         where the layouts differ"
+    );
+    let rows = [
+        "the model's swaps",
+        "copying the structure image",
+        "copying the texture image",
+        "perfect swaps",
+    ];
+    for (name, score) in rows.iter().zip(&scores) {
+        println!(
+            "  {name:<28} {:>3} / {:<3}       {:>3} / {:<3}     {:>5.1} % {:>6.1} %",
+            score.layout_from_structure,
+            score.swaps,
+            score.colours_from_texture,
+            score.swaps,
+            100.0 * score.accuracy(),
+            100.0 * score.accuracy_where_layouts_differ()
+        );
+    }
     for name in ["swap_grid.png", "swap_grid_truth.png", "interpolation.png"] {
         println!("wrote {}", root.join(name).display());
     }
     println!(
-        "In swap_grid.png the colours of each column follow its texture image; the layout of each \
-         row needs a longer run (--steps) to appear. swap_grid_truth.png shows a perfect swap."
+        "In swap_grid.png each swap keeps its row's layout (horizon, shape) and takes its \
+         column's colours; swap_grid_truth.png shows the perfect swaps."
     );
     Ok(())
 }

@@ -168,9 +168,9 @@ enum Command {
     /// the step, writes a checkpoint and exits; --resume continues bit for bit.
     #[command(after_help = TRAIN_HELP)]
     Train {
-        /// A training preset: tiny (64 px, for CPU tests and the quickstart), church256,
-        /// bedroom256, ffhq512, ffhq1024, ffhq1024-small-structure, mountain512, afhq256,
-        /// default.
+        /// A training preset: tiny (64 px, for CPU tests), quickstart (32 px, the CPU
+        /// quickstart's reweighted recipe), church256, bedroom256, ffhq512, ffhq1024,
+        /// ffhq1024-small-structure, mountain512, afhq256, default.
         #[arg(long)]
         preset: Option<String>,
         /// The images: a folder (recursive), a .zip of images, or an LMDB folder (data.mdb).

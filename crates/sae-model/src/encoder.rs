@@ -31,6 +31,12 @@ impl EncoderConfig {
         self.channels.len() - 1 - self.num_downsampling_sp
     }
 
+    /// The smallest image side the encoder takes: each valid 3×3 stride-2 conv of the texture
+    /// branch needs at least 3 pixels, so the midpoint needs `2^(gl+1) − 1`, times `2^sp`.
+    pub fn min_input_size(&self) -> usize {
+        ((1 << (self.num_downsampling_gl() + 1)) - 1) << self.num_downsampling_sp
+    }
+
     /// Builds the encoder.
     ///
     /// # Panics

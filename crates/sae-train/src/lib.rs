@@ -27,5 +27,5 @@ pub use losses::{
     LossConfig, LossError, Losses, Nets, Randomness, SeededRandomness, discriminator_losses,
     generator_losses, r1_losses,
 };
-pub use options::{TRAIN_PRESETS, TrainOptions, tiny_model};
+pub use options::{TRAIN_PRESETS, TrainOptions, quickstart_model, tiny_model};
 pub use trainer::{Counters, RunEnd, StepReport, TrainError, Trainer};

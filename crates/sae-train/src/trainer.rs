@@ -284,6 +284,17 @@ pub fn validate(opts: &TrainOptions) -> Result<(), TrainError> {
             ),
         );
     }
+    let smallest = opts.model.encoder.min_input_size();
+    if opts.data.crop_size < smallest {
+        return bad(
+            "crop_size",
+            format!(
+                "the encoder's texture branch needs images of at least {smallest} px, the data \
+                 gives {}",
+                opts.data.crop_size
+            ),
+        );
+    }
     opts.patch.init().map_err(|e| TrainError::Option {
         option: "patch".into(),
         problem: e.to_string(),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use image::{ImageEncoder, Rgb, Rgba};
 use sae_model::image_io::RgbImage;
 use sae_train::data::{
-    Batch, DataError, Dataset, Loader, LoaderConfig, LoaderState, SyntheticShapes, TrainTransform,
-    convert_to_zip, open_dataset, write_synthetic_folder,
+    Batch, DataError, Dataset, Loader, LoaderConfig, LoaderState, SwapScore, SyntheticShapes,
+    SyntheticStyle, TrainTransform, convert_to_zip, open_dataset, write_synthetic_folder,
 };
 
 /// A fresh, empty scratch folder per test, so parallel tests never collide.
@@ -506,6 +506,84 @@ fn synthetic_shapes_are_deterministic_and_written_as_pngs() {
         );
     }
     let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn flat_synthetic_shapes_swap_colours_onto_layouts() {
+    let flat = SyntheticShapes::new(8, 32, 5)
+        .expect("synthetic")
+        .with_style(SyntheticStyle::Flat);
+    let colours = |img: &RgbImage| {
+        let mut c: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        c.sort();
+        c.dedup();
+        c
+    };
+    let (s, t) = (flat.render(0), flat.render(1));
+    // Sky, ground and one shape (which may hide one of the other two).
+    assert!((2..=3).contains(&colours(&s).len()), "{:?}", colours(&s));
+    // The swap's layout is image 0's: two pixels share a colour in the swap exactly when they
+    // share one in image 0 (palette colours are drawn independently, so they differ).
+    let swap = flat.render_parts(0, 1);
+    let (a, b) = (s.as_raw(), swap.as_raw());
+    for i in (0..a.len() / 3).step_by(7) {
+        for j in (0..a.len() / 3).step_by(11) {
+            assert_eq!(
+                a[3 * i..3 * i + 3] == a[3 * j..3 * j + 3],
+                b[3 * i..3 * i + 3] == b[3 * j..3 * j + 3],
+                "pixels {i} and {j}"
+            );
+        }
+    }
+    // Its colours are image 1's (whose shape never hides all of its sky or ground).
+    assert!(colours(&swap).iter().all(|c| colours(&t).contains(c)));
+    // Same seeds, other style: the same structures, patterned.
+    let patterned = SyntheticShapes::new(8, 32, 5).expect("synthetic");
+    assert_ne!(patterned.render(0), s);
+    assert!(flat.describe().contains("Flat"), "{}", flat.describe());
+}
+
+/// `score_swap` gives each of its reference answers the score it documents.
+#[test]
+fn swap_scores_tell_the_inputs_apart() {
+    let flat = SyntheticShapes::new(12, 32, 3)
+        .expect("synthetic")
+        .with_style(SyntheticStyle::Flat);
+    // The perfect swap, copying the structure image, copying the texture image.
+    let mut scores = [SwapScore::default(); 3];
+    for s in 0..6 {
+        for t in 6..12 {
+            let images = [flat.render_parts(s, t), flat.render(s), flat.render(t)];
+            for (score, image) in scores.iter_mut().zip(&images) {
+                *score += flat.score_swap(image, s, t).expect("score");
+            }
+        }
+    }
+    let [perfect, copy_s, copy_t] = scores;
+    assert_eq!(perfect.swaps, 36);
+    assert_eq!(perfect.layout_from_structure, 36);
+    assert_eq!(perfect.accuracy(), 1.0);
+    assert_eq!(perfect.accuracy_where_layouts_differ(), 1.0);
+    // Mean colours: the perfect swap repaints the structure's areas, so a texture whose palette
+    // is close to the structure image's may lose the comparison; most must win it.
+    assert!(perfect.colours_from_texture >= 32, "{perfect:?}");
+    assert_eq!(
+        (copy_s.layout_from_structure, copy_s.colours_from_texture),
+        (36, 0)
+    );
+    assert_eq!(
+        (copy_t.layout_from_structure, copy_t.colours_from_texture),
+        (0, 36)
+    );
+    assert_eq!(copy_t.accuracy_where_layouts_differ(), 0.0);
+    assert!(copy_t.pixels_where_layouts_differ > 0);
+    // Copying the structure image matches the texture's palette only by chance.
+    assert!(copy_s.accuracy() < 0.7, "{copy_s:?}");
+    let wrong = RgbImage::new(16, 32);
+    assert!(matches!(
+        flat.score_swap(&wrong, 0, 1),
+        Err(DataError::BadConfig { .. })
+    ));
 }
 
 #[test]

@@ -32,6 +32,6 @@ pub use error::DataError;
 #[cfg(feature = "lmdb")]
 pub use lmdb::{KEY_CACHE_FILE, LmdbDataset};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, sample_seed};
-pub use synthetic::{SyntheticShapes, write_synthetic_folder};
+pub use synthetic::{SwapScore, SyntheticShapes, SyntheticStyle, write_synthetic_folder};
 pub use transform::{Augment, CropMode, Preprocessing, ResizeMode, TrainTransform};
 pub use zip::{ZipDataset, convert_to_zip};

@@ -42,6 +42,103 @@ pub struct SyntheticShapes {
     count: usize,
     size: usize,
     seed: u64,
+    style: SyntheticStyle,
+}
+
+/// How much a [`SyntheticShapes`] image holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyntheticStyle {
+    /// Two to four shapes; each region's colour is modulated by a stripe, checker or noise
+    /// pattern (the default: harder, closer to real textures).
+    #[default]
+    Patterned,
+    /// One large shape; sky, ground and shape in flat colours. A small model learns to
+    /// separate layout from colours within minutes on a CPU (the quickstart's data).
+    Flat,
+}
+
+/// How [`SyntheticShapes::score_swap`] judged one or more swaps; add scores with `+=`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapScore {
+    /// Swaps scored.
+    pub swaps: usize,
+    /// Swaps whose edges follow the structure image's region boundaries more closely than the
+    /// texture image's (Pearson correlation of the two maps).
+    pub layout_from_structure: usize,
+    /// Swaps whose mean colour is nearer the texture image's than the structure image's.
+    pub colours_from_texture: usize,
+    /// Pixels whose nearest palette colour is the one the structure's layout asks for.
+    pub right: usize,
+    /// Pixels scored.
+    pub pixels: usize,
+    /// `right`, counting only pixels where the structure's and the texture's layouts differ.
+    pub right_where_layouts_differ: usize,
+    /// Pixels where the two layouts differ.
+    pub pixels_where_layouts_differ: usize,
+}
+
+impl SwapScore {
+    /// Share of pixels right.
+    pub fn accuracy(&self) -> f64 {
+        self.right as f64 / self.pixels.max(1) as f64
+    }
+
+    /// Share of pixels right where the two layouts differ.
+    pub fn accuracy_where_layouts_differ(&self) -> f64 {
+        self.right_where_layouts_differ as f64 / self.pixels_where_layouts_differ.max(1) as f64
+    }
+}
+
+impl std::ops::AddAssign for SwapScore {
+    fn add_assign(&mut self, o: Self) {
+        self.swaps += o.swaps;
+        self.layout_from_structure += o.layout_from_structure;
+        self.colours_from_texture += o.colours_from_texture;
+        self.right += o.right;
+        self.pixels += o.pixels;
+        self.right_where_layouts_differ += o.right_where_layouts_differ;
+        self.pixels_where_layouts_differ += o.pixels_where_layouts_differ;
+    }
+}
+
+/// Pearson correlation of two equally long maps (0 when either is constant).
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        ab += (x - ma) * (y - mb);
+        aa += (x - ma) * (x - ma);
+        bb += (y - mb) * (y - mb);
+    }
+    if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        ab / (aa * bb).sqrt()
+    }
+}
+
+/// Per pixel, how much it differs from its right and lower neighbours under `differ`.
+fn edge_map(n: usize, differ: impl Fn(usize, usize) -> f64) -> Vec<f64> {
+    (0..n * n)
+        .map(|p| {
+            let (x, y) = (p % n, p / n);
+            let right = if x + 1 < n { differ(p, p + 1) } else { 0.0 };
+            let down = if y + 1 < n { differ(p, p + n) } else { 0.0 };
+            right + down
+        })
+        .collect()
+}
+
+/// Mean colour of an image.
+fn mean_colour(img: &RgbImage) -> [f64; 3] {
+    let mut sum = [0.0; 3];
+    for p in img.pixels() {
+        for (total, &v) in sum.iter_mut().zip(&p.0) {
+            *total += f64::from(v);
+        }
+    }
+    sum.map(|v| v / f64::from(img.width() * img.height()))
 }
 
 /// The geometry of one structure.
@@ -83,7 +180,18 @@ impl SyntheticShapes {
                 ),
             });
         }
-        Ok(Self { count, size, seed })
+        Ok(Self {
+            count,
+            size,
+            seed,
+            style: SyntheticStyle::Patterned,
+        })
+    }
+
+    /// The same images drawn in another [`SyntheticStyle`].
+    pub fn with_style(mut self, style: SyntheticStyle) -> Self {
+        self.style = style;
+        self
     }
 
     /// The side of the images in pixels.
@@ -108,6 +216,93 @@ impl SyntheticShapes {
         })
     }
 
+    /// The region label of every pixel of image `structure_of`'s structure, row by row: 0 sky,
+    /// 1 ground, `2 + k` shape `k`.
+    pub fn labels(&self, structure_of: usize) -> Vec<u8> {
+        let structure = self.structure(structure_of);
+        let n = self.size as i64;
+        (0..n)
+            .flat_map(|y| (0..n).map(move |x| (x, y)))
+            .map(|(x, y)| structure.label(x, y, n) as u8)
+            .collect()
+    }
+
+    /// Scores `image` as a swap of the structure of image `structure_of` and the texture of
+    /// image `texture_of`, for the [`SyntheticStyle::Flat`] style (whose regions are exactly
+    /// their palette colours), in two ways:
+    ///
+    /// - **which input each part came from:** the layout counts as the structure image's when
+    ///   `image`'s edges correlate better with that image's region boundaries than with the
+    ///   texture image's; the colours count as the texture image's when `image`'s mean colour
+    ///   is nearer to it than to the structure image's. Copying either input gets one of the
+    ///   two; a swap that separates gets both.
+    /// - **pixel by pixel:** each pixel is given the label whose colour in `texture_of`'s
+    ///   palette is nearest (among the labels either image uses) and is right when that is the
+    ///   label of `structure_of`'s layout there. Copying the texture image scores 0 where the
+    ///   two layouts differ, copying the structure image about chance, a perfect swap 1.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::BadConfig`] if `image` is not `size × size`.
+    pub fn score_swap(
+        &self,
+        image: &RgbImage,
+        structure_of: usize,
+        texture_of: usize,
+    ) -> Result<SwapScore, DataError> {
+        let n = self.size;
+        if image.dimensions() != (n as u32, n as u32) {
+            return Err(DataError::BadConfig {
+                reason: format!(
+                    "a swap of {n}x{n} images cannot be {}x{}",
+                    image.width(),
+                    image.height()
+                ),
+            });
+        }
+        let (want, other) = (self.labels(structure_of), self.labels(texture_of));
+        let raw = image.as_raw();
+        let edges = edge_map(n, |p, q| {
+            (0..3)
+                .map(|k| f64::from(raw[3 * p + k].abs_diff(raw[3 * q + k])))
+                .sum()
+        });
+        let boundaries = |labels: &[u8]| edge_map(n, |p, q| f64::from(labels[p] != labels[q]));
+        let distance =
+            |a: [f64; 3], b: [f64; 3]| -> f64 { (0..3).map(|k| (a[k] - b[k]).powi(2)).sum() };
+        let colour = mean_colour(image);
+        let mut score = SwapScore {
+            swaps: 1,
+            layout_from_structure: usize::from(
+                correlation(&edges, &boundaries(&want)) > correlation(&edges, &boundaries(&other)),
+            ),
+            colours_from_texture: usize::from(
+                distance(colour, mean_colour(&self.render(texture_of)))
+                    < distance(colour, mean_colour(&self.render(structure_of))),
+            ),
+            ..SwapScore::default()
+        };
+        let mut used: Vec<u8> = want.iter().chain(&other).copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        let palette = self.texture(texture_of).palette;
+        for ((pixel, &w), &o) in image.pixels().zip(&want).zip(&other) {
+            let distance = |&l: &u8| -> u32 {
+                let c = palette[l as usize];
+                (0..3).map(|k| u32::from(pixel.0[k].abs_diff(c[k]))).sum()
+            };
+            let nearest = *used.iter().min_by_key(|l| distance(l)).expect("labels");
+            let right = usize::from(nearest == w);
+            score.right += right;
+            score.pixels += 1;
+            if w != o {
+                score.right_where_layouts_differ += right;
+                score.pixels_where_layouts_differ += 1;
+            }
+        }
+        Ok(score)
+    }
+
     fn structure(&self, index: usize) -> Structure {
         let mut rng =
             Xoshiro256PlusPlus::seed_from_u64(mix(STRUCTURE_DOMAIN, self.seed, index as u64, 0));
@@ -117,13 +312,19 @@ impl SyntheticShapes {
             pick(size * 3 / 10, size * 7 / 10),
             pick(size * 3 / 10, size * 7 / 10),
         );
-        let n = pick(2, 4) as usize;
+        let flat = self.style == SyntheticStyle::Flat;
+        let n = if flat { 1 } else { pick(2, 4) as usize };
+        let (r_lo, r_hi) = if flat {
+            (size / 8, size / 4)
+        } else {
+            (size / 12, size / 5)
+        };
         let shapes = (0..n)
             .map(|_| {
                 let disc = pick(0, 1) == 1;
                 let cx = pick(size / 8, size * 7 / 8);
                 let cy = pick(size / 8, size * 7 / 8);
-                let r = pick((size / 12).max(2), (size / 5).max(2));
+                let r = pick(r_lo.max(2), r_hi.max(2));
                 (disc, cx, cy, r)
             })
             .collect();
@@ -140,7 +341,10 @@ impl SyntheticShapes {
         let direction = DIRECTIONS[pick(0, 5) as usize];
         let size = self.size as u64;
         let period = pick((size / 16).max(2), (size / 5).max(2)) as i64;
-        let contrast = pick(30, 80) as i64;
+        let contrast = match self.style {
+            SyntheticStyle::Patterned => pick(30, 80) as i64,
+            SyntheticStyle::Flat => 0,
+        };
         let noise_seed = pick(0, u64::MAX - 1);
         Texture {
             palette,
@@ -212,6 +416,27 @@ impl Texture {
     }
 }
 
+impl SyntheticShapes {
+    /// Writes every image as a PNG file `dir/000000.png`, ... (creating `dir`), and returns
+    /// how many it wrote. Each file is written atomically (image_io's temporary-file-and-rename
+    /// writer).
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::Io`] if `dir` cannot be created, [`DataError::Image`] if a file cannot be
+    /// written.
+    pub fn write_folder(&self, dir: &Path) -> Result<usize, DataError> {
+        fs::create_dir_all(dir).map_err(|source| DataError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for index in 0..self.count {
+            save_rgb8(&self.render(index), &dir.join(self.key(index)))?;
+        }
+        Ok(self.count)
+    }
+}
+
 impl Dataset for SyntheticShapes {
     fn len(&self) -> usize {
         self.count
@@ -233,34 +458,24 @@ impl Dataset for SyntheticShapes {
 
     fn describe(&self) -> String {
         format!(
-            "synthetic shapes ({} images of {}x{}, seed {})",
-            self.count, self.size, self.size, self.seed
+            "synthetic shapes ({} {:?} images of {}x{}, seed {})",
+            self.count, self.style, self.size, self.size, self.seed
         )
     }
 }
 
-/// Writes the `count` images of `SyntheticShapes::new(count, size, seed)` as PNG files
-/// `dir/000000.png`, ... (creating `dir`), and returns how many it wrote.
-///
-/// Each file is written atomically (image_io's temporary-file-and-rename writer).
+/// Writes the `count` images of `SyntheticShapes::new(count, size, seed)` (the patterned
+/// style) to `dir`: see [`SyntheticShapes::write_folder`].
 ///
 /// # Errors
 ///
-/// [`DataError::BadConfig`] for a bad count or size, [`DataError::Io`] if `dir` cannot be
-/// created, [`DataError::Image`] if a file cannot be written.
+/// [`DataError::BadConfig`] for a bad count or size, and the errors of
+/// [`SyntheticShapes::write_folder`].
 pub fn write_synthetic_folder(
     dir: &Path,
     count: usize,
     size: usize,
     seed: u64,
 ) -> Result<usize, DataError> {
-    let shapes = SyntheticShapes::new(count, size, seed)?;
-    fs::create_dir_all(dir).map_err(|source| DataError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for index in 0..count {
-        save_rgb8(&shapes.render(index), &dir.join(shapes.key(index)))?;
-    }
-    Ok(count)
+    SyntheticShapes::new(count, size, seed)?.write_folder(dir)
 }
