@@ -26,13 +26,15 @@ const MAX_LABELS: usize = 6;
 ///
 /// Each image combines two independently seeded parts, so that a swapping autoencoder trained
 /// on them can be checked by eye (and against [`SyntheticShapes::render_parts`], the ground
-/// truth of a swap):
+/// truth of a swap, and [`SyntheticShapes::score_swap`]):
 ///
 /// - the **structure** is a label map: a sloped horizon splitting sky from ground, and two to
-///   four rectangles or discs at seeded positions and sizes;
-/// - the **texture** gives each label a colour from a seeded palette and modulates all
-///   regions with one seeded pattern (stripes at one of six angles, a checkerboard, or blocky
-///   noise) of a seeded period and contrast.
+///   four rectangles or discs at seeded positions and sizes (one larger shape in the
+///   [`SyntheticStyle::Flat`] style);
+/// - the **texture** gives each label a colour from a seeded palette and, in the default
+///   [`SyntheticStyle::Patterned`] style, modulates all regions with one seeded pattern
+///   (stripes at one of six angles, a checkerboard, or blocky noise) of a seeded period and
+///   contrast.
 ///
 /// Rendering uses integer arithmetic only, so the images are identical on every platform.
 /// As a [`Dataset`] the keys are `000000.png`, ...; [`Dataset::read`] gives PNG bytes and
@@ -188,7 +190,8 @@ impl SyntheticShapes {
         })
     }
 
-    /// The same images drawn in another [`SyntheticStyle`].
+    /// The same count, size and seed in another [`SyntheticStyle`] (the styles draw different
+    /// shapes from the same seeds).
     pub fn with_style(mut self, style: SyntheticStyle) -> Self {
         self.style = style;
         self
