@@ -180,6 +180,26 @@ impl TrainOptions {
                 },
             }
         };
+        // Our small CPU presets: the default launcher's losses at `size` px, batch 8, one
+        // loader worker, half-size patches, snapshots and checkpoints every 4000 images.
+        let small = |model: ModelConfig,
+                     size: usize,
+                     total_images: u64,
+                     log_every: u64,
+                     keep_checkpoints: usize| {
+            let mut o = official(Preset::Default, 8, 1, "resize", size, size, true, 1.0);
+            o.model = model;
+            o.patch = PatchSamplerConfig::new().with_patch_size(size / 2);
+            o.data.workers = 1;
+            o.schedule = ScheduleOptions {
+                total_images,
+                log_every,
+                snapshot_every: 4_000,
+                checkpoint_every: 4_000,
+                keep_checkpoints,
+            };
+            o
+        };
         let shortside = "scale_shortside_and_crop";
         let opts = match name {
             "church256" => official(Preset::Church256, 16, 4, shortside, 256, 256, false, 1.0),
@@ -217,20 +237,7 @@ impl TrainOptions {
                 true,
                 1.0,
             ),
-            "tiny" => {
-                let mut o = official(Preset::Default, 8, 1, "resize", 64, 64, true, 1.0);
-                o.model = tiny_model();
-                o.patch = PatchSamplerConfig::new().with_patch_size(32);
-                o.data.workers = 1;
-                o.schedule = ScheduleOptions {
-                    total_images: 20_000,
-                    log_every: 256,
-                    snapshot_every: 4_000,
-                    checkpoint_every: 4_000,
-                    keep_checkpoints: 3,
-                };
-                o
-            }
+            "tiny" => small(tiny_model(), 64, 20_000, 256, 3),
             "quickstart" => {
                 // Not an official recipe: what made structure and texture separate within a
                 // few CPU minutes (see `quickstart_model`). The reconstruction term is 10× the
@@ -239,19 +246,9 @@ impl TrainOptions {
                 // scales both) are 5×, so that the colours still move into the texture code
                 // instead of riding along with the layout; the learning rate is 5× (0.01), which
                 // gave the clearest grids in 1500 calls among 0.002, 0.004, 0.005 and 0.01.
-                let mut o = official(Preset::Default, 8, 1, "resize", 32, 32, true, 1.0);
-                o.model = quickstart_model();
+                let mut o = small(quickstart_model(), 32, 12_000, 400, 2);
                 o.losses = o.losses.with_lambda_l1(10.0).with_lambda_patch_gan(5.0);
                 o.adam = o.adam.with_lr(0.01);
-                o.patch = PatchSamplerConfig::new().with_patch_size(16);
-                o.data.workers = 1;
-                o.schedule = ScheduleOptions {
-                    total_images: 12_000,
-                    log_every: 400,
-                    snapshot_every: 4_000,
-                    checkpoint_every: 4_000,
-                    keep_checkpoints: 2,
-                };
                 o
             }
             _ => return None,
