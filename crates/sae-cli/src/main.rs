@@ -295,9 +295,34 @@ fn from_tensor(t: Tensor<4>) -> Res<ImageTensor> {
     })
 }
 
-fn load(path: &Path, flag: &str, pre: Preprocess, device: &Device) -> Res<Tensor<4>> {
+/// Loads an image for a model whose encoder takes at least `min_side` px (see
+/// [`fits_encoder`]).
+fn load(
+    path: &Path,
+    flag: &str,
+    pre: Preprocess,
+    min_side: usize,
+    device: &Device,
+) -> Res<Tensor<4>> {
     let img = image_io::load_image(path, pre).map_err(|e| format!("{flag}: {e}"))?;
+    fits_encoder(&img, flag, path, min_side)?;
     Ok(to_tensor(&img, device))
+}
+
+/// Refuses an image the encoder cannot take (its texture branch would shrink it below a 3×3
+/// kernel, `EncoderConfig::min_input_size`), naming the flag, instead of failing inside the
+/// network.
+fn fits_encoder(img: &ImageTensor, flag: &str, path: &Path, min_side: usize) -> Res<()> {
+    if img.height.min(img.width) < min_side {
+        return Err(format!(
+            "{flag}: {} is {}x{} after preprocessing; this checkpoint's encoder needs at least \
+             {min_side} px on each side (raise --load-size)",
+            path.display(),
+            img.width,
+            img.height
+        ));
+    }
+    Ok(())
 }
 
 fn stem(path: &Path) -> String {
@@ -464,8 +489,9 @@ fn run(cli: Cli) -> Res<()> {
             load_size,
         } => {
             check_load_size(load_size)?;
-            let (model, _) = load_model(&checkpoint, &device)?;
-            let x = load(&image, "--image", preprocess(load_size), &device)?;
+            let (model, cfg) = load_model(&checkpoint, &device)?;
+            let min = cfg.encoder.min_input_size();
+            let x = load(&image, "--image", preprocess(load_size), min, &device)?;
             let codes = model.e.forward(x);
             write_tensors(
                 &out,
@@ -491,10 +517,10 @@ fn run(cli: Cli) -> Res<()> {
             if let Some(a) = alpha.iter().find(|a| !a.is_finite()) {
                 return Err(format!("--alpha {a}: every alpha must be a finite number"));
             }
-            let (model, _) = load_model(&checkpoint, &device)?;
-            let pre = preprocess(load_size);
-            let xs = load(&structure, "--structure", pre, &device)?;
-            let xt = load(&texture, "--texture", pre, &device)?;
+            let (model, cfg) = load_model(&checkpoint, &device)?;
+            let (pre, min) = (preprocess(load_size), cfg.encoder.min_input_size());
+            let xs = load(&structure, "--structure", pre, min, &device)?;
+            let xt = load(&texture, "--texture", pre, min, &device)?;
             ensure_dir(&out, "--out")?;
             let mut dec = Decoder::new(&model, noise_mode(noise, seed));
             let src = dec.encode(xs);
@@ -545,8 +571,8 @@ fn run(cli: Cli) -> Res<()> {
             seed,
         } => {
             check_load_size(load_size)?;
-            let (model, _) = load_model(&checkpoint, &device)?;
-            let pre = preprocess(load_size);
+            let (model, cfg) = load_model(&checkpoint, &device)?;
+            let (pre, min) = (preprocess(load_size), cfg.encoder.min_input_size());
             let s_paths = images_in(&structures, "--structures")?;
             let t_paths = images_in(&textures, "--textures")?;
             let singles = out.with_extension("");
@@ -555,13 +581,13 @@ fn run(cli: Cli) -> Res<()> {
             let mut t_imgs = Vec::new();
             let mut t_codes = Vec::new();
             for p in &t_paths {
-                let x = load(p, "--textures", pre, &device)?;
+                let x = load(p, "--textures", pre, min, &device)?;
                 t_codes.push(dec.encode(x.clone()).texture);
                 t_imgs.push(image_io::to_rgb8(&from_tensor(x)?).map_err(|e| e.to_string())?);
             }
             let mut rows: Vec<Vec<image_io::RgbImage>> = Vec::new();
             for p in &s_paths {
-                let x = load(p, "--structures", pre, &device)?;
+                let x = load(p, "--structures", pre, min, &device)?;
                 let sp = dec.encode(x.clone()).structure;
                 let mut row = vec![image_io::to_rgb8(&from_tensor(x)?).map_err(|e| e.to_string())?];
                 for (tp, g) in t_paths.iter().zip(&t_codes) {
@@ -600,7 +626,8 @@ fn run(cli: Cli) -> Res<()> {
             noise,
             seed,
         } => {
-            let (model, _) = load_model(&checkpoint, &device)?;
+            let (model, cfg) = load_model(&checkpoint, &device)?;
+            let min = cfg.encoder.min_input_size();
             let s_dir = dataroot.join("input_structure");
             let t_dir = dataroot.join("input_style");
             let files = images_in(&s_dir, "--dataroot")?;
@@ -620,7 +647,9 @@ fn run(cli: Cli) -> Res<()> {
                 // The official evaluator loads these without any resize: they must be pre-sized.
                 let raw = |p: &Path| -> Res<Tensor<4>> {
                     let img = image_io::load_rgb(p).map_err(|e| format!("--dataroot: {e}"))?;
-                    Ok(to_tensor(&ImageTensor::from_rgb8(&img), &device))
+                    let img = ImageTensor::from_rgb8(&img);
+                    fits_encoder(&img, "--dataroot", p, min)?;
+                    Ok(to_tensor(&img, &device))
                 };
                 let (xs, xt) = (raw(s)?, raw(&t)?);
                 let cs = dec.encode(xs.clone());

@@ -251,6 +251,27 @@ fn bad_input_is_named() {
     ]);
     assert!(stderr(&o).contains("--load-size 8"), "{}", stderr(&o));
 
+    // 16 px passes the flag check but is too small for this encoder (sp 4, gl 2: 7·16 px).
+    let o = sae(&[
+        "swap",
+        "--checkpoint",
+        &ckpt,
+        "--structure",
+        &asset("scene_a.png"),
+        "--texture",
+        &asset("scene_b.png"),
+        "--out",
+        out.to_str().unwrap(),
+        "--load-size",
+        "16",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("--structure") && e.contains("at least 112 px") && !e.contains("panicked"),
+        "{e}"
+    );
+
     let not_image = dir.join("not_image.png");
     std::fs::write(&not_image, "plain text").unwrap();
     let o = sae(&[
