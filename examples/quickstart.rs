@@ -26,13 +26,13 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
+use sae::data::{SwapScore, SyntheticShapes, SyntheticStyle};
+use sae::model::SwappingAutoencoder;
 use sae::model::image_io::{self, ImageTensor, RgbImage};
-use sae::model::inference::{Decoder, NoiseMode};
-use sae::model::native::load_native;
-use sae::train::data::{SwapScore, SyntheticShapes, SyntheticStyle};
+use sae::model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
 use sae::train::trainer::list_checkpoints;
-use sae::train::{TrainArgs, launch, stop_on_ctrl_c};
+use sae::train::{TrainArgs, launch, stop_on_signals};
 
 const TRAIN_IMAGES: usize = 512;
 const SIZE: usize = 32;
@@ -44,23 +44,13 @@ const SCORED: usize = 8;
 const DEFAULT_STEPS: u64 = 1500;
 const ZOOM: u32 = 4;
 
-fn to_tensor(img: &RgbImage, device: &Device) -> Tensor<4> {
-    let t = ImageTensor::from_rgb8(img);
-    Tensor::from_data(TensorData::new(t.data, [1, 3, t.height, t.width]), device)
+fn to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor<4>, Box<dyn std::error::Error>> {
+    Ok(images_to_tensor(&[ImageTensor::from_rgb8(img)], device)?)
 }
 
 fn to_rgb(y: Tensor<4>) -> Result<RgbImage, Box<dyn std::error::Error>> {
-    let [_, _, h, w] = y.dims();
-    let data = y
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(image_io::to_rgb8(&ImageTensor {
-        height: h,
-        width: w,
-        data,
-    })?)
+    let first = tensor_to_images(y)?.into_iter().next().ok_or("no image")?;
+    Ok(image_io::to_rgb8(&first)?)
 }
 
 /// Nearest-neighbour zoom, so that 32-px cells are visible without blurring them.
@@ -106,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         steps: Some(steps),
         ..TrainArgs::default()
     };
-    let stop = stop_on_ctrl_c()?;
+    let stop = stop_on_signals()?;
     let started = std::time::Instant::now();
     launch(&args, &device, &stop)?;
     let train_s = started.elapsed().as_secs_f64();
@@ -114,13 +104,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, checkpoint) = list_checkpoints(&run)?
         .pop()
         .ok_or("training wrote no checkpoint")?;
-    let (model, _) = load_native(&checkpoint, &device)?;
+    let (model, _) = SwappingAutoencoder::load(&checkpoint, &device)?;
     let held_out =
         SyntheticShapes::new(2 * SCORED, SIZE, HELD_OUT_SEED)?.with_style(SyntheticStyle::Flat);
     let mut decoder = Decoder::new(&model, NoiseMode::Fixed(0));
     let swap = |decoder: &mut Decoder, s: usize, t: usize| {
         let (xs, xt) = (held_out.render(s), held_out.render(t));
-        to_rgb(decoder.swap(to_tensor(&xs, &device), to_tensor(&xt, &device)))
+        to_rgb(decoder.swap(to_tensor(&xs, &device)?, to_tensor(&xt, &device)?))
     };
 
     // Structures 0..SCORED down, textures SCORED..2·SCORED across.
@@ -163,7 +153,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|r| r.iter().map(Some).collect())
                 .collect();
             let side = SIZE as u32 * ZOOM;
-            image_io::save_rgb8(&image_io::grid(&refs, (side, side)), &root.join(name))?;
+            image_io::save_rgb_png(&image_io::grid(&refs, (side, side)), &root.join(name))?;
             Ok(())
         };
     save_grid(&cells, "swap_grid.png")?;
@@ -173,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (xs, xt) = (held_out.render(0), held_out.render(SCORED));
     let alphas = [0.0, 0.25, 0.5, 0.75, 1.0];
     let mut strip = vec![xs.clone()];
-    for y in decoder.interpolate(to_tensor(&xs, &device), to_tensor(&xt, &device), &alphas) {
+    for y in decoder.interpolate(to_tensor(&xs, &device)?, to_tensor(&xt, &device)?, &alphas) {
         strip.push(to_rgb(y)?);
     }
     strip.push(xt);

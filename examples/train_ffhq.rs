@@ -1,6 +1,7 @@
-//! Train the official FFHQ presets (spec 6): `ffhq512` (images squashed to 512², batch 16 as 8
-//! GPU chunks of 2), `ffhq1024` (1024² images, random 768 crops, the 0.8/0.4-capacity networks)
-//! or, with `--small-structure`, `ffhq1024_patchDv7_L1_smallerstructurecode`.
+//! Train the official FFHQ presets (`experiments/ffhq_launcher.py`): `ffhq512` (images squashed
+//! to 512², batch 16 as 8 GPU chunks of 2), `ffhq1024` (1024² images, random 768 crops, the
+//! 0.8/0.4-capacity networks) or, with `--small-structure`,
+//! `ffhq1024_patchDv7_L1_smallerstructurecode` (`experiments/ffhq1024_pretrained_launcher.py`).
 //!
 //! ```text
 //! cargo run --release --example train_ffhq -- --resolution 512 --data ffhq.zip --out runs/ffhq512
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use clap::Parser;
-use sae::train::{TrainArgs, launch, stop_on_ctrl_c};
+use sae::train::{TrainArgs, launch, stop_on_signals};
 
 /// Train a Swapping Autoencoder on FFHQ, the official 25M-image schedule unless --kimg says
 /// otherwise.
@@ -66,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         resume: a.resume,
         ..TrainArgs::default()
     };
-    let stop = stop_on_ctrl_c()?;
+    let stop = stop_on_signals()?;
     launch(&args, &Device::default(), &stop)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Train the official LSUN presets (spec 6): `church256` (`church_default`: batch 16 as 4 GPU
-//! chunks of 4, no patch aggregation) or `bedroom256` (`bedroom_default`: batch 32 as 8 chunks).
+//! Train the official LSUN presets (`experiments/{church,bedroom}_launcher.py`): `church256`
+//! (`church_default`: batch 16 as 4 GPU chunks of 4, no patch aggregation) or `bedroom256`
+//! (`bedroom_default`: batch 32 as 8 chunks).
 //!
 //! ```text
 //! cargo run --release --features lmdb --example train_lsun -- \
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
-use sae::train::{TrainArgs, launch, stop_on_ctrl_c};
+use sae::train::{TrainArgs, launch, stop_on_signals};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Category {
@@ -70,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         resume: a.resume,
         ..TrainArgs::default()
     };
-    let stop = stop_on_ctrl_c()?;
+    let stop = stop_on_signals()?;
     launch(&args, &Device::default(), &stop)?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
-use sae::train::data::write_synthetic_folder;
+use sae::data::write_synthetic_folder;
 use sae::train::{TrainOptions, Trainer};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -47,7 +47,7 @@ fn main() {
     let mut opts = TrainOptions::preset(preset, root.join("images")).unwrap();
     opts.batch_size = batch;
     opts.losses.num_gpus = 1;
-    opts.data.preprocess = "resize".into();
+    opts.data.preprocess = "resize".parse().expect("a preprocess");
     opts.data.load_size = size;
     opts.schedule.total_images = u64::MAX;
     opts.schedule.snapshot_every = u64::MAX;

@@ -13,6 +13,8 @@
 //! parameter.
 
 pub use burn;
+pub use sae_data as data;
 pub use sae_model as model;
 pub use sae_nn as nn;
+pub use sae_pth as pth;
 pub use sae_train as train;

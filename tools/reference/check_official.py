@@ -1,4 +1,4 @@
-"""Validate sae_ref.py against the official-tiny fixture (SAE-SPEC 13.1).
+"""Validate sae_ref.py against the official-tiny fixture (written by the official code on CPU).
 
 Checks every `prim.*` case, the `crop.*` case and the full E/G pass of the tiny checkpoint
 (with the stored fixed noises), printing the max abs error per tensor. Exits 1 if any error

@@ -1,10 +1,10 @@
 """Check `sae_ref.ref_to_official_state_dict` against the official key lists.
 
-1. For every configuration in SAE-SPEC's `state-dict-shapes.json` (12 presets plus the bare
+1. For every configuration in `shared/spec/state-dict-shapes.json` (12 presets plus the bare
    defaults): build E, G, D and Dpatch from the entry's options (on the meta device, so no
    memory is used), export the official state_dict and compare the complete ordered list of
    (key, shape, dtype) triples and the per-network parameter counts with the file.
-2. Round trip through the official-tiny checkpoint (SAE-SPEC 13.1, official code's own file):
+2. Round trip through the official-tiny checkpoint (a file written by the official code itself):
    official -> `official_to_ref_state_dict` -> reference E/G -> `ref_to_official_state_dict`
    must give back the same keys in the same order with identical dtypes and values.
 3. Round trip of a small randomised D and Dpatch: reference -> official -> reference.
@@ -63,7 +63,7 @@ def check_shapes_json(path):
             fail(f"{name}: {len(got)} entries, want {len(want)}")
         # The file's `param_counts` are the element counts of each network's state_dict
         # entries, i.e. learnable parameters *plus* the constant kernel buffers (although
-        # SAE-SPEC Appendix B says "buffers excluded"); check both numbers.
+        # the notes on the file's format say "buffers excluded"); check both numbers.
         nets = (("E", E, R.E_PREFIX), ("G", G, R.G_PREFIX), ("D", D, R.D_PREFIX),
                 ("Dpatch", P, R.DPATCH_PREFIX))
         learnable = {n: sum(p.numel() for p in m.parameters()) for n, m, _ in nets}

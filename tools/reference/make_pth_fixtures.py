@@ -1,6 +1,6 @@
 """Write the small `torch.save` checkpoints that test the Rust `.pth` reader (`sae-model/src/pth.rs`).
 
-Output: <repo>/crates/sae-model/tests/fixtures/pth/
+Output: <repo>/crates/sae-pth/tests/fixtures/pth/
   small_zip.pth          the dict below, zip format (torch >= 1.6 default), pickle protocol 2
   small_zip_proto4.pth   the same dict, zip format, pickle protocol 4 (FRAME, MEMOIZE,
                          SHORT_BINUNICODE, STACK_GLOBAL: what a `pickle_protocol=4` save writes)
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-OUT_DIR = Path(__file__).resolve().parents[2] / "crates" / "sae-model" / "tests" / "fixtures" / "pth"
+OUT_DIR = Path(__file__).resolve().parents[2] / "crates" / "sae-pth" / "tests" / "fixtures" / "pth"
 
 
 def build_dict():

@@ -5,11 +5,12 @@ tiny E+G+D+Dpatch of `make_fixtures.TINY_FULL_CONFIG` (32-px crops, 16-px patche
 split into 2 "GPU" chunks (so the chunked `swap` and first-half reconstruction matter), 4 crops
 per image and patch aggregation on.
 
-The sequence is the official one (SAE-SPEC 8.2-8.5) on fixed randomness:
+The sequence is the official one (`SwappingAutoencoderOptimizer.train_one_step`) on fixed
+randomness:
   1. D step on `d.real`  -> D Adam step
   2. R1 step on `d.real` (the D step's batch) -> second D Adam step
   3. G step on `g.real`  -> G Adam step
-Optimizers follow SAE-SPEC 8.5 and the PyTorch 1.x `zero_grad()` the official code ran on
+Optimizers follow the official ones and the PyTorch 1.x `zero_grad()` the official code ran on
 (gradients are zeroed, not set to None, so every parameter of an optimizer takes every step; in
 the R1 step the biases step with a zero gradient).
 

@@ -1,6 +1,6 @@
-"""Write the tiny images that test the Rust training transform (`sae-train/src/data/transform.rs`).
+"""Write the tiny images that test the Rust training transform (`sae-data/src/transform.rs`).
 
-Output: <repo>/crates/sae-train/tests/fixtures/transforms/ (about 25 KB in all)
+Output: <repo>/crates/sae-data/tests/fixtures/transforms/ (about 25 KB in all)
 
   src.png
         a 41x29 RGB image: gradients, a sine, a hard-edged block and seeded noise, to stress
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-OUT = Path(__file__).resolve().parents[2] / "crates" / "sae-train" / "tests" / "fixtures" / "transforms"
+OUT = Path(__file__).resolve().parents[2] / "crates" / "sae-data" / "tests" / "fixtures" / "transforms"
 
 # (name, preprocess, load_size, crop_size, crop_x, crop_y, flip). Sizes are for the 41x29 source.
 CASES = [

@@ -1,16 +1,18 @@
 """Plain-PyTorch reference implementation of the Swapping Autoencoder layers, E, G, D and Dpatch.
 
-Written from SAE-SPEC.md (Part I, sections 1-5 and 9), not from the official code (which was
-only read to settle two D/Dpatch width details the spec leaves implicit: D's 16/32 entries are
-min(512, int(512·m)), and Dpatch's convs.5/6 widths come from netPatchD_max_nc). It is the
-oracle for the Rust (Burn) port: `make_fixtures.py` records its outputs and gradients, and
-`check_official.py` proves it against the fixture produced by the official implementation.
+Written from a description of the official code (`../shared/spec`), not from the code itself
+(which was only read to settle two D/Dpatch width details the description leaves implicit: D's
+16/32 entries are min(512, int(512·m)), and Dpatch's convs.5/6 widths come from
+netPatchD_max_nc). It is the oracle for the Rust (Burn) port: `make_fixtures.py` records its
+outputs and gradients, and `check_official.py` proves it against the fixture produced by the
+official implementation.
 
 Parameter names follow the *Rust* module paths (`conv.weight`, `act.bias`, 4-D modulated
 weights), not the official state_dict; `official_to_ref_state_dict` does the translation the
-Rust loader must also do (SAE-SPEC 7.3) and `ref_to_official_state_dict` the inverse (a
-complete official-format state_dict, checked by `check_state_dict.py`). Everything is float32
-on CPU; `lr_mul` is omitted because it is 1 in every SAE layer (SAE-SPEC 1.3).
+Rust loader must also do (see `docs/checkpoints.md`) and `ref_to_official_state_dict` the inverse
+(a complete official-format state_dict, checked by `check_state_dict.py`). Everything is float32
+on CPU; `lr_mul` is omitted because it is 1 in every SAE layer (official
+`models/networks/stylegan2_layers.py`).
 """
 
 import math
@@ -24,7 +26,7 @@ SQRT2 = math.sqrt(2.0)
 
 
 # --------------------------------------------------------------------------------------------
-# FIR kernels and upfirdn2d (SAE-SPEC 1.1, 1.2)
+# FIR kernels and upfirdn2d (official stylegan2_op/upfirdn2d.py; Blur, Upsample in stylegan2_layers)
 # --------------------------------------------------------------------------------------------
 
 
@@ -45,7 +47,7 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
         # pad the singleton axes with up-1 zeros.
         x = F.pad(x.reshape(b, c, h, 1, w, 1), (0, up - 1, 0, 0, 0, up - 1))
         x = x.reshape(b, c, h * up, w * up)
-    # Constant-mode F.pad crops on negative amounts, which is exactly the spec's negative pad.
+    # Constant-mode F.pad crops on negative amounts, as the official upfirdn2d's negative pad does.
     x = F.pad(x, (p0, p1, p0, p1))
     # True convolution = cross-correlation with the kernel flipped on both axes; depthwise.
     weight = torch.flip(kernel, (0, 1)).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
@@ -90,17 +92,18 @@ class Upsample(nn.Module):
 
 
 def bilinear_up2(x):
-    """G skip-path upsampling (SAE-SPEC 3.4)."""
+    """G skip-path upsampling (official generator.py::UpsamplingResnetBlock)."""
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 def resize_bilinear(x, size):
-    """Resize of a spatially-varying (4-D) style to a layer's input size (SAE-SPEC 1.7)."""
+    """Resize of a spatially-varying (4-D) style to a layer's input size (official
+    stylegan2_layers.py::ModulatedConv2d)."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------
-# Activations and normalisation (SAE-SPEC 1.4, 1.9)
+# Activations and normalisation (official stylegan2_op/fused_act.py, util/util.py::normalize)
 # --------------------------------------------------------------------------------------------
 
 
@@ -137,7 +140,7 @@ class ScaledLeakyReLU(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Equalized learning-rate layers (SAE-SPEC 1.3)
+# Equalized learning-rate layers (official models/networks/stylegan2_layers.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -180,7 +183,7 @@ class EqualLinear(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# ConvLayer and ResBlock (SAE-SPEC 1.5, 1.6)
+# ConvLayer and ResBlock (official models/networks/stylegan2_layers.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -239,7 +242,7 @@ class ResBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Modulated conv, noise, StyledConv, ToRGB (SAE-SPEC 1.7, 1.8)
+# Modulated conv, noise, StyledConv, ToRGB (official models/networks/stylegan2_layers.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -360,7 +363,7 @@ class GeneratorModulation(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Random crop sampler (SAE-SPEC 9)
+# Random crop sampler (official util/util.py::apply_random_crop)
 # --------------------------------------------------------------------------------------------
 
 
@@ -391,7 +394,7 @@ def apply_random_crop(x, target_size, num_crops, flip, scale, offset):
 
 
 # --------------------------------------------------------------------------------------------
-# Encoder E (SAE-SPEC 2)
+# Encoder E (official models/networks/encoder.py::StyleGAN2ResnetEncoder)
 # --------------------------------------------------------------------------------------------
 
 
@@ -433,7 +436,7 @@ class Encoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Generator G (SAE-SPEC 3)
+# Generator G (official models/networks/generator.py::StyleGAN2ResnetGenerator)
 # --------------------------------------------------------------------------------------------
 
 
@@ -519,7 +522,7 @@ class Generator(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Discriminators D (SAE-SPEC 4) and Dpatch (SAE-SPEC 5)
+# Discriminators D (official discriminator.py) and Dpatch (official patch_discriminator.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -544,7 +547,8 @@ def _channel_table(explicit, top, default, what):
 
 
 def d_default_channels(channel_multiplier=2.0):
-    """The StyleGAN2 D channel table (SAE-SPEC 4; `channel_multiplier = 2·netD_scale_capacity`)."""
+    """The StyleGAN2 D channel table (official stylegan2_layers.py::Discriminator;
+    `channel_multiplier = 2·netD_scale_capacity`)."""
     m = channel_multiplier
     return {4: 512, 8: 512, 16: min(512, int(512 * m)), 32: min(512, int(512 * m)),
             64: int(256 * m), 128: int(128 * m), 256: int(64 * m), 512: int(32 * m),
@@ -552,7 +556,7 @@ def d_default_channels(channel_multiplier=2.0):
 
 
 def dpatch_default_channels(scale_capacity=4.0, max_nc=384):
-    """The Dpatch channel table (SAE-SPEC 5)."""
+    """The Dpatch channel table (official patch_discriminator.py)."""
     m = scale_capacity
     return {4: min(max_nc, int(256 * m)), 8: min(max_nc, int(128 * m)),
             16: min(max_nc, int(64 * m)), 32: int(32 * m), 64: int(16 * m), 128: int(8 * m),
@@ -560,8 +564,9 @@ def dpatch_default_channels(scale_capacity=4.0, max_nc=384):
 
 
 class Discriminator(nn.Module):
-    """StyleGAN2 D without the minibatch-stddev layer (SAE-SPEC 4). Module paths are the
-    official ones below `D.stylegan2_D.` with `Conv`/`Act` spelled `conv`/`act`.
+    """StyleGAN2 D without the minibatch-stddev layer (official stylegan2_layers.py::Discriminator).
+    Module paths are the official ones below `D.stylegan2_D.` with `Conv`/`Act` spelled
+    `conv`/`act`.
 
     `netD_channels`: explicit channels, a list for resolutions size, size/2, ..., 4 (size =
     2^round(log2(crop_size))) or a {resolution: channels} dict; default: the official table with
@@ -597,8 +602,9 @@ class Discriminator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """The patch co-occurrence discriminator (SAE-SPEC 5). Module paths are the official ones
-    below `Dpatch.` with `Conv`/`Act` spelled `conv`/`act`.
+    """The patch co-occurrence discriminator (official
+    patch_discriminator.py::StyleGAN2PatchDiscriminator). Module paths are the official ones below
+    `Dpatch.` with `Conv`/`Act` spelled `conv`/`act`.
 
     `netPatchD_channels`: explicit channels, a list for resolutions 2^ceil(log2(patch_size)),
     ..., 4 or a {resolution: channels} dict; default: the official table.
@@ -662,7 +668,7 @@ class PatchDiscriminator(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Official checkpoint -> reference parameters (SAE-SPEC 7.3)
+# Official checkpoint -> reference parameters (rules in docs/checkpoints.md)
 # --------------------------------------------------------------------------------------------
 
 
@@ -762,11 +768,12 @@ def official_parameter_keys(module, prefix):
 
 
 def ref_to_official_state_dict(E=None, G=None, D=None, Dpatch=None, num_discriminator_iters=0):
-    """A complete official-format state_dict (SAE-SPEC 7.1, 7.2, Appendix A) of the given
-    networks: `num_discriminator_iters` (int64 [1]) first, then E, G, D, Dpatch (whichever are
-    given) in module registration order, with the official key names, 5-D `[1, out, in, k, k]`
-    modulated weights and every constant kernel buffer (`Blur.kernel`, `conv.blur.kernel`,
-    `G.ToRGB.upsample.kernel`). Tensors are detached contiguous copies (float32)."""
+    """A complete official-format state_dict (as official models/base_model.py::save writes it) of
+    the given networks: `num_discriminator_iters` (int64 [1]) first, then E, G, D, Dpatch
+    (whichever are given) in module registration order, with the official key names, 5-D
+    `[1, out, in, k, k]` modulated weights and every constant kernel buffer (`Blur.kernel`,
+    `conv.blur.kernel`, `G.ToRGB.upsample.kernel`). Tensors are detached contiguous copies
+    (float32)."""
     sd = OrderedDict()
     sd["num_discriminator_iters"] = torch.tensor([int(num_discriminator_iters)], dtype=torch.int64)
     for net, prefix in ((E, E_PREFIX), (G, G_PREFIX), (D, D_PREFIX), (Dpatch, DPATCH_PREFIX)):

@@ -1,14 +1,15 @@
-"""The official training step (SAE-SPEC 8), written from the spec on top of `sae_ref`.
+"""The official training step (`models/swapping_autoencoder_model.py` with its optimizer), written
+from a description of the official code (`../shared/spec`) on top of `sae_ref`.
 
 Everything random is passed in: crop draws (`(flip, scale, offset)` of `sae_ref.draw_crop_params`
 for the whole batch, row `i*num_crops + j` = crop j of image i) and generator noise (a dict
 {NoiseInjection path relative to G: [rows, 1, h, w]} per G call, rows = that call's batch).
 
-Multi-GPU semantics (SAE-SPEC 8.1, pitfall 13): the batch is split into `num_chunks` contiguous
-chunks, each chunk computes every loss on its own (its own `swap`, its own first-half
-reconstruction, its own crops), the per-sample loss vectors are concatenated, then averaged. The
-functions below literally loop over the chunks, so they are an independent check of a port that
-does the same with index arithmetic.
+Multi-GPU semantics (as under the official `nn.DataParallel`): the batch is split into
+`num_chunks` contiguous chunks, each chunk computes every loss on its own (its own `swap`, its own
+first-half reconstruction, its own crops), the per-sample loss vectors are concatenated, then
+averaged. The functions below literally loop over the chunks, so they are an independent check of
+a port that does the same with index arithmetic.
 
 The R1 penalty uses `torch.autograd.grad(..., create_graph=True)`: this is the double-backward
 oracle the Rust hand-written input-VJPs are tested against.
@@ -21,7 +22,7 @@ import sae_ref as R
 
 
 def swap(x):
-    """[x0, x1, x2, x3, ...] -> [x1, x0, x3, x2, ...] (SAE-SPEC 8.1)."""
+    """[x0, x1, x2, x3, ...] -> [x1, x0, x3, x2, ...] (official SwappingAutoencoderModel.swap)."""
     b = x.shape[0]
     assert b % 2 == 0, f"swap needs an even batch, got {b}"
     return x.view(b // 2, 2, *x.shape[1:]).flip(1).view(x.shape)
@@ -144,7 +145,8 @@ def g_step_losses(E, G, D, P, real, cfg, crops, noise=(None, None)):
 
 
 def optimizers(E, G, D, P, cfg):
-    """The two Adams of SAE-SPEC 8.5 (D's with the lazy-R1 correction c = k/(k+1))."""
+    """The two Adams of the official SwappingAutoencoderOptimizer (D's with the lazy-R1 correction
+    c = k/(k+1))."""
     c = cfg["R1_once_every"] / (1 + cfg["R1_once_every"])
     b1, b2 = cfg["beta1"], cfg["beta2"]
     opt_g = torch.optim.Adam(list(G.parameters()) + list(E.parameters()), lr=cfg["lr"],

@@ -6,15 +6,24 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, Subcommand, ValueEnum};
+use sae_data::{convert_to_zip, open_dataset};
+use sae_model::atomic::write_atomic;
 use sae_model::image_io::{self, ImageTensor, Preprocess};
-use sae_model::inference::{Decoder, NoiseMode};
-use sae_model::native::{load_native, save_native, write_atomic};
+use sae_model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
+use sae_model::native::save_native;
 use sae_model::{ModelConfig, SwappingAutoencoder};
 use sae_nn::Style;
-use sae_train::data::{convert_to_zip, open_dataset};
-use sae_train::{TrainArgs, launch, stop_on_ctrl_c};
+use sae_train::{TRAIN_PRESETS, TrainArgs, launch, stop_on_signals};
+
+/// The largest `--load-size`: 8192 px, four times the largest official model.
+const MAX_LOAD_SIZE: usize = 8192;
+
+/// The default pixel budget of one network input: 2048 × 2048. At this size a church-256 model
+/// stays within the memory documented in `docs/reliability.md`; `--max-pixels` raises it.
+const DEFAULT_MAX_PIXELS: usize = 2048 * 2048;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -99,6 +108,9 @@ enum Command {
         /// Scale the short side to this many pixels first (default: keep the size).
         #[arg(long)]
         load_size: Option<usize>,
+        /// Refuse images larger than this many pixels after preprocessing.
+        #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+        max_pixels: usize,
     },
     /// Structure of one image, texture of another, for one or more texture-mix alphas.
     Swap {
@@ -110,10 +122,20 @@ enum Command {
         /// The image whose texture (appearance) is used.
         #[arg(long)]
         texture: PathBuf,
-        /// Texture-mix alphas: 0 reconstructs, 1 swaps (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "1")]
+        /// Texture-mix alphas in [0, 1]: 0 reconstructs, 1 swaps (comma-separated, distinct to
+        /// two decimals, since they name the outputs).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1",
+            allow_negative_numbers = true
+        )]
         alpha: Vec<f32>,
-        /// A mask image: the texture is swapped inside it (white) and kept outside.
+        /// Allow alphas outside [0, 1] (extrapolating past either texture).
+        #[arg(long)]
+        extrapolate: bool,
+        /// A mask image of the structure image's size (as given, or after --load-size): the
+        /// texture is swapped inside it (white) and kept outside.
         #[arg(long)]
         mask: Option<PathBuf>,
         /// Output directory.
@@ -125,6 +147,9 @@ enum Command {
         /// Scale the short sides to this many pixels (default: keep sizes already multiple of 16).
         #[arg(long)]
         load_size: Option<usize>,
+        /// Refuse images larger than this many pixels after preprocessing.
+        #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+        max_pixels: usize,
         #[arg(long, value_enum, default_value_t = NoiseArg::Fixed)]
         noise: NoiseArg,
         #[arg(long, default_value_t = 0)]
@@ -145,6 +170,9 @@ enum Command {
         out: PathBuf,
         #[arg(long)]
         load_size: Option<usize>,
+        /// Refuse images larger than this many pixels after preprocessing.
+        #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+        max_pixels: usize,
         #[arg(long, value_enum, default_value_t = NoiseArg::Fixed)]
         noise: NoiseArg,
         #[arg(long, default_value_t = 0)]
@@ -159,19 +187,20 @@ enum Command {
         dataroot: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Refuse images larger than this many pixels.
+        #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+        max_pixels: usize,
         #[arg(long, value_enum, default_value_t = NoiseArg::Random)]
         noise: NoiseArg,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Train a model (spec 8): a new run in --out, or --resume the run there. Ctrl-C finishes
-    /// the step, writes a checkpoint and exits; --resume continues bit for bit.
+    /// Train a model: a new run in --out, or --resume the run there. Ctrl-C, SIGTERM or SIGHUP
+    /// finishes the step, writes a checkpoint and exits; --resume continues bit for bit.
     #[command(after_help = TRAIN_HELP)]
     Train {
-        /// A training preset: tiny (64 px, for CPU tests), quickstart (32 px, the CPU
-        /// quickstart's reweighted recipe), church256, bedroom256, ffhq512, ffhq1024,
-        /// ffhq1024-small-structure, mountain512, afhq256, default.
-        #[arg(long)]
+        /// The training preset.
+        #[arg(long, value_parser = preset_parser())]
         preset: Option<String>,
         /// The images: a folder (recursive), a .zip of images, or an LMDB folder (data.mdb).
         #[arg(long)]
@@ -198,14 +227,31 @@ enum Command {
         /// Image-decoding threads.
         #[arg(long)]
         workers: Option<usize>,
-        /// Continue the run in --out from its newest checkpoint.
+        /// Continue the run in --out from its newest readable checkpoint (flags equal to the
+        /// run's options are accepted; --data may name the dataset's new place).
         #[arg(long)]
         resume: bool,
+        /// Also checkpoint every this many seconds (0: only by images) [default: 600].
+        #[arg(long)]
+        checkpoint_every_s: Option<u64>,
     },
     /// Dataset tools.
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Write a model of a training preset with freshly initialised weights (for benchmarks and
+    /// tests; `sae train` initialises its own).
+    Init {
+        /// The training preset whose networks to build.
+        #[arg(long, value_parser = preset_parser())]
+        preset: String,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The native output (`.safetensors`).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Convert an official `.pth` checkpoint to the native safetensors format.
     Convert {
@@ -245,84 +291,118 @@ fn noise_mode(noise: NoiseArg, seed: u64) -> NoiseMode {
     }
 }
 
-/// Loads an official `.pth` or a native `.safetensors` checkpoint, by its first bytes.
+/// The `--preset` values with their one-line help, from the preset table.
+fn preset_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        TRAIN_PRESETS
+            .iter()
+            .map(|p| PossibleValue::new(p.name).help(p.about)),
+    )
+}
+
+/// Loads a checkpoint of either format.
 fn load_model(path: &Path, device: &Device) -> Res<(SwappingAutoencoder, ModelConfig)> {
-    let head = std::fs::read(path)
-        .map_err(|e| format!("--checkpoint {}: {e}", path.display()))
-        .map(|b| b.into_iter().take(8).collect::<Vec<u8>>())?;
-    let is_zip = head.starts_with(b"PK");
-    let is_pickle = head.first() == Some(&0x80);
-    if is_zip || is_pickle {
-        SwappingAutoencoder::load_official(path, device)
-            .map_err(|e| format!("--checkpoint {}: {e}", path.display()))
-    } else {
-        load_native(path, device).map_err(|e| format!("--checkpoint {}: {e}", path.display()))
-    }
+    SwappingAutoencoder::load(path, device).map_err(|e| format!("--checkpoint: {e}"))
 }
 
 fn preprocess(load_size: Option<usize>) -> Preprocess {
-    load_size.map_or(Preprocess::None, Preprocess::ScaleShortside)
+    load_size.map_or(Preprocess::NONE, Preprocess::scale_shortside)
 }
 
 fn check_load_size(load_size: Option<usize>) -> Res<()> {
     match load_size {
-        Some(n) if n < 16 => Err(format!("--load-size {n}: must be at least 16")),
+        Some(n) if !(16..=MAX_LOAD_SIZE).contains(&n) => Err(format!(
+            "--load-size {n}: must be between 16 and {MAX_LOAD_SIZE}"
+        )),
         _ => Ok(()),
     }
 }
 
-fn to_tensor(img: &ImageTensor, device: &Device) -> Tensor<4> {
-    Tensor::from_data(
-        burn::tensor::TensorData::new(img.data.clone(), [1, 3, img.height, img.width]),
-        device,
-    )
-}
-
-fn from_tensor(t: Tensor<4>) -> Res<ImageTensor> {
-    let [_, c, h, w] = t.dims();
-    if c != 3 {
-        return Err(format!("the generator produced {c} channels, not 3"));
-    }
-    let data = t
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| format!("reading the output: {e:?}"))?;
-    Ok(ImageTensor {
-        height: h,
-        width: w,
-        data,
-    })
-}
-
-/// Loads an image for a model whose encoder takes at least `min_side` px (see
-/// [`fits_encoder`]).
-fn load(
-    path: &Path,
-    flag: &str,
+/// How one command reads its images: the preprocessing, the pixel budget and the smallest side
+/// the checkpoint's encoder takes.
+struct ImageInput {
     pre: Preprocess,
+    max_pixels: usize,
     min_side: usize,
-    device: &Device,
-) -> Res<Tensor<4>> {
-    let img = image_io::load_image(path, pre).map_err(|e| format!("{flag}: {e}"))?;
-    fits_encoder(&img, flag, path, min_side)?;
-    Ok(to_tensor(&img, device))
 }
 
-/// Refuses an image the encoder cannot take (its texture branch would shrink it below a 3×3
-/// kernel, `EncoderConfig::min_input_size`), naming the flag, instead of failing inside the
-/// network.
-fn fits_encoder(img: &ImageTensor, flag: &str, path: &Path, min_side: usize) -> Res<()> {
-    if img.height.min(img.width) < min_side {
-        return Err(format!(
-            "{flag}: {} is {}x{} after preprocessing; this checkpoint's encoder needs at least \
-             {min_side} px on each side (raise --load-size)",
-            path.display(),
-            img.width,
-            img.height
-        ));
+impl ImageInput {
+    /// The input of a checkpoint whose configuration is `cfg` (`--load-size` already checked).
+    fn new(load_size: Option<usize>, max_pixels: usize, cfg: &ModelConfig) -> Self {
+        ImageInput {
+            pre: preprocess(load_size),
+            max_pixels,
+            min_side: cfg.encoder.min_input_size(),
+        }
+    }
+
+    /// Loads an image for the model, naming `flag` in every error: over the budget, or smaller
+    /// than the encoder takes (its texture branch would shrink it below a 3×3 kernel,
+    /// `EncoderConfig::min_input_size`).
+    fn load(&self, path: &Path, flag: &str) -> Res<ImageTensor> {
+        let img = image_io::load_image_within(path, self.pre, self.max_pixels).map_err(|e| {
+            let hint = match e {
+                image_io::ImageError::TooManyPixels { .. } => {
+                    " (raise --max-pixels, or shrink it with --load-size)"
+                }
+                _ => "",
+            };
+            format!("{flag}: {e}{hint}")
+        })?;
+        if img.height.min(img.width) < self.min_side {
+            return Err(format!(
+                "{flag}: {} is {}x{} after preprocessing; this checkpoint's encoder needs at \
+                 least {} px on each side (raise --load-size)",
+                path.display(),
+                img.width,
+                img.height,
+                self.min_side
+            ));
+        }
+        Ok(img)
+    }
+
+    fn tensor(&self, path: &Path, flag: &str, device: &Device) -> Res<Tensor<4>> {
+        let img = self.load(path, flag)?;
+        images_to_tensor(&[img], device).map_err(|e| format!("{flag}: {e}"))
+    }
+}
+
+/// Checks the texture-mix alphas: finite, in [0, 1] unless `extrapolate`, and distinct to two
+/// decimals (they name the output files and tensors).
+fn check_alphas(alphas: &[f32], extrapolate: bool) -> Res<()> {
+    let mut names = std::collections::BTreeSet::new();
+    for &a in alphas {
+        if !a.is_finite() {
+            return Err(format!("--alpha {a}: every alpha must be a finite number"));
+        }
+        if !extrapolate && !(0.0..=1.0).contains(&a) {
+            return Err(format!(
+                "--alpha {a}: must be in [0, 1] (0 reconstructs, 1 swaps); pass --extrapolate \
+                 to go beyond"
+            ));
+        }
+        if !names.insert(alpha_name(a)) {
+            return Err(format!(
+                "--alpha {a}: two alphas are {} to two decimals and would write the same output",
+                alpha_name(a)
+            ));
+        }
     }
     Ok(())
+}
+
+fn alpha_name(a: f32) -> String {
+    format!("{a:.2}")
+}
+
+/// The first image of a `[1, 3, h, w]` tensor.
+fn first_image(t: Tensor<4>) -> Res<ImageTensor> {
+    tensor_to_images(t)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the generator produced no image".to_string())
 }
 
 fn stem(path: &Path) -> String {
@@ -356,7 +436,7 @@ fn images_in(dir: &Path, flag: &str) -> Res<Vec<PathBuf>> {
 }
 
 fn save(t: Tensor<4>, path: &Path) -> Res<()> {
-    image_io::save_png(&from_tensor(t)?, path).map_err(|e| e.to_string())
+    image_io::save_png(&first_image(t)?, path).map_err(|e| e.to_string())
 }
 
 fn info(path: &Path, device: &Device) -> Res<()> {
@@ -440,6 +520,7 @@ fn run(cli: Cli) -> Res<()> {
             seed,
             workers,
             resume,
+            checkpoint_every_s,
         } => {
             let args = TrainArgs {
                 preset,
@@ -452,9 +533,10 @@ fn run(cli: Cli) -> Res<()> {
                 seed,
                 workers,
                 resume,
+                checkpoint_every_s,
             };
             let stop =
-                stop_on_ctrl_c().map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
+                stop_on_signals().map_err(|e| format!("installing the signal handler: {e}"))?;
             launch(&args, &device, &stop).map_err(|e| e.to_string())?;
             Ok(())
         }
@@ -465,8 +547,20 @@ fn run(cli: Cli) -> Res<()> {
                 return Err(format!("--to {}: name the output *.zip", to.display()));
             }
             let src = open_dataset(&from).map_err(|e| format!("--from: {e}"))?;
-            let n = convert_to_zip(src.as_ref(), &to).map_err(|e| e.to_string())?;
+            let n = convert_to_zip(src.as_ref(), &to).map_err(|e| format!("--to: {e}"))?;
             println!("wrote {n} images to {}", to.display());
+            Ok(())
+        }
+        Command::Init { preset, seed, out } => {
+            if out.extension().is_none_or(|e| e != "safetensors") {
+                return Err(format!("--out {}: name it *.safetensors", out.display()));
+            }
+            let opts = sae_train::TrainOptions::preset(&preset, PathBuf::new())
+                .ok_or_else(|| format!("--preset {preset}: unknown"))?;
+            device.seed(seed);
+            let model = opts.model.init(&device);
+            save_native(&model, &opts.model, &out).map_err(|e| format!("--out: {e}"))?;
+            println!("wrote {}", out.display());
             Ok(())
         }
         Command::Convert { input, output } => {
@@ -476,9 +570,9 @@ fn run(cli: Cli) -> Res<()> {
                     output.display()
                 ));
             }
-            let (model, config) = SwappingAutoencoder::load_official(&input, &device)
-                .map_err(|e| format!("INPUT {}: {e}", input.display()))?;
-            save_native(&model, &config, &output).map_err(|e| e.to_string())?;
+            let (model, config) =
+                SwappingAutoencoder::load(&input, &device).map_err(|e| format!("INPUT: {e}"))?;
+            save_native(&model, &config, &output).map_err(|e| format!("OUTPUT: {e}"))?;
             println!("wrote {}", output.display());
             Ok(())
         }
@@ -487,17 +581,19 @@ fn run(cli: Cli) -> Res<()> {
             image,
             out,
             load_size,
+            max_pixels,
         } => {
             check_load_size(load_size)?;
             let (model, cfg) = load_model(&checkpoint, &device)?;
-            let min = cfg.encoder.min_input_size();
-            let x = load(&image, "--image", preprocess(load_size), min, &device)?;
-            let codes = model.e.forward(x);
+            let input = ImageInput::new(load_size, max_pixels, &cfg);
+            let x = input.tensor(&image, "--image", &device)?;
+            let codes = Decoder::new(&model, NoiseMode::Zero).encode(x);
             write_tensors(
                 &out,
                 vec![("structure".into(), codes.structure)],
                 vec![("texture".into(), codes.texture)],
-            )?;
+            )
+            .map_err(|e| format!("--out: {e}"))?;
             println!("wrote {}", out.display());
             Ok(())
         }
@@ -506,57 +602,70 @@ fn run(cli: Cli) -> Res<()> {
             structure,
             texture,
             alpha,
+            extrapolate,
             mask,
             out,
             raw,
             load_size,
+            max_pixels,
             noise,
             seed,
         } => {
             check_load_size(load_size)?;
-            if let Some(a) = alpha.iter().find(|a| !a.is_finite()) {
-                return Err(format!("--alpha {a}: every alpha must be a finite number"));
-            }
+            check_alphas(&alpha, extrapolate)?;
             let (model, cfg) = load_model(&checkpoint, &device)?;
-            let (pre, min) = (preprocess(load_size), cfg.encoder.min_input_size());
-            let xs = load(&structure, "--structure", pre, min, &device)?;
-            let xt = load(&texture, "--texture", pre, min, &device)?;
-            ensure_dir(&out, "--out")?;
+            let input = ImageInput::new(load_size, max_pixels, &cfg);
+            let xs = input.load(&structure, "--structure")?;
+            let xt = input.tensor(&texture, "--texture", &device)?;
             let mut dec = Decoder::new(&model, noise_mode(noise, seed));
-            let src = dec.encode(xs);
+            let src = dec.encode(
+                images_to_tensor(std::slice::from_ref(&xs), &device).map_err(|e| e.to_string())?,
+            );
             let tgt = dec.encode(xt).texture;
             let mask = match &mask {
                 Some(m) => {
+                    let dims = image_io::image_dimensions(m).map_err(|e| format!("--mask: {e}"))?;
+                    let (ow, oh) = image_io::image_dimensions(&structure)
+                        .map_err(|e| format!("--structure: {e}"))?;
+                    if dims != (ow, oh) && dims != (xs.width, xs.height) {
+                        return Err(format!(
+                            "--mask: {} is {}x{}; it must be the structure image's size ({ow}x{oh}, \
+                             or {}x{} after --load-size)",
+                            m.display(),
+                            dims.0,
+                            dims.1,
+                            xs.width,
+                            xs.height
+                        ));
+                    }
                     let [_, _, h, w] = src.structure.dims();
                     let values =
                         image_io::load_mask(m, h, w).map_err(|e| format!("--mask: {e}"))?;
                     Some(Tensor::<4>::from_data(
-                        burn::tensor::TensorData::new(values, [1, 1, h, w]),
+                        TensorData::new(values, [1, 1, h, w]),
                         &device,
                     ))
                 }
                 None => None,
             };
+            ensure_dir(&out, "--out")?;
+            let images = dec.interpolate_codes(&src, tgt, &alpha, mask.as_ref());
             let mut raws = Vec::new();
-            for &a in &alpha {
-                let mix = src.texture.clone() * (1.0 - a) + tgt.clone() * a;
-                let img = match &mask {
-                    Some(m) => dec.decode_masked(
-                        src.structure.clone(),
-                        mix,
-                        src.texture.clone(),
-                        m.clone(),
-                    ),
-                    None => dec.decode(src.structure.clone(), Style::Global(mix)),
-                };
-                let name = format!("{}_{}_{a:.2}.png", stem(&structure), stem(&texture));
-                save(img.clone(), &out.join(&name))?;
-                println!("wrote {}", out.join(&name).display());
-                raws.push((format!("alpha_{a:.2}"), img));
+            for (&a, img) in alpha.iter().zip(images) {
+                let name = format!(
+                    "{}_{}_{}.png",
+                    stem(&structure),
+                    stem(&texture),
+                    alpha_name(a)
+                );
+                let path = out.join(&name);
+                save(img.clone(), &path).map_err(|e| format!("--out: {e}"))?;
+                println!("wrote {}", path.display());
+                raws.push((format!("alpha_{}", alpha_name(a)), img));
             }
             if raw {
                 let path = out.join("outputs.safetensors");
-                write_tensors(&path, raws, vec![])?;
+                write_tensors(&path, raws, vec![]).map_err(|e| format!("--out: {e}"))?;
                 println!("wrote {}", path.display());
             }
             Ok(())
@@ -567,34 +676,40 @@ fn run(cli: Cli) -> Res<()> {
             textures,
             out,
             load_size,
+            max_pixels,
             noise,
             seed,
         } => {
             check_load_size(load_size)?;
             let (model, cfg) = load_model(&checkpoint, &device)?;
-            let (pre, min) = (preprocess(load_size), cfg.encoder.min_input_size());
+            let input = ImageInput::new(load_size, max_pixels, &cfg);
             let s_paths = images_in(&structures, "--structures")?;
             let t_paths = images_in(&textures, "--textures")?;
             let singles = out.with_extension("");
             ensure_dir(&singles, "--out")?;
             let mut dec = Decoder::new(&model, noise_mode(noise, seed));
+            let rgb = |img: &ImageTensor| image_io::to_rgb8(img).map_err(|e| e.to_string());
             let mut t_imgs = Vec::new();
             let mut t_codes = Vec::new();
             for p in &t_paths {
-                let x = load(p, "--textures", pre, min, &device)?;
-                t_codes.push(dec.encode(x.clone()).texture);
-                t_imgs.push(image_io::to_rgb8(&from_tensor(x)?).map_err(|e| e.to_string())?);
+                let img = input.load(p, "--textures")?;
+                let x = images_to_tensor(std::slice::from_ref(&img), &device)
+                    .map_err(|e| e.to_string())?;
+                t_codes.push(dec.encode(x).texture);
+                t_imgs.push(rgb(&img)?);
             }
             let mut rows: Vec<Vec<image_io::RgbImage>> = Vec::new();
             for p in &s_paths {
-                let x = load(p, "--structures", pre, min, &device)?;
-                let sp = dec.encode(x.clone()).structure;
-                let mut row = vec![image_io::to_rgb8(&from_tensor(x)?).map_err(|e| e.to_string())?];
+                let img = input.load(p, "--structures")?;
+                let x = images_to_tensor(std::slice::from_ref(&img), &device)
+                    .map_err(|e| e.to_string())?;
+                let sp = dec.encode(x).structure;
+                let mut row = vec![rgb(&img)?];
                 for (tp, g) in t_paths.iter().zip(&t_codes) {
-                    let y = from_tensor(dec.decode(sp.clone(), Style::Global(g.clone())))?;
+                    let y = first_image(dec.decode(sp.clone(), Style::Global(g.clone())))?;
                     let path = singles.join(format!("{}_{}.png", stem(p), stem(tp)));
-                    image_io::save_png(&y, &path).map_err(|e| e.to_string())?;
-                    row.push(image_io::to_rgb8(&y).map_err(|e| e.to_string())?);
+                    image_io::save_png(&y, &path).map_err(|e| format!("--out: {e}"))?;
+                    row.push(rgb(&y)?);
                 }
                 rows.push(row);
             }
@@ -610,7 +725,7 @@ fn run(cli: Cli) -> Res<()> {
             ];
             layout.extend(rows.iter().map(|r| r.iter().map(Some).collect()));
             let grid = image_io::grid(&layout, cell);
-            image_io::save_rgb8(&grid, &out).map_err(|e| e.to_string())?;
+            image_io::save_rgb_png(&grid, &out).map_err(|e| format!("--out: {e}"))?;
             println!(
                 "wrote {} and {} images in {}",
                 out.display(),
@@ -623,11 +738,17 @@ fn run(cli: Cli) -> Res<()> {
             checkpoint,
             dataroot,
             out,
+            max_pixels,
             noise,
             seed,
         } => {
             let (model, cfg) = load_model(&checkpoint, &device)?;
-            let min = cfg.encoder.min_input_size();
+            // The official evaluator loads these without any resize: they must be pre-sized.
+            let input = ImageInput {
+                pre: Preprocess::NONE,
+                max_pixels,
+                min_side: cfg.encoder.min_input_size(),
+            };
             let s_dir = dataroot.join("input_structure");
             let t_dir = dataroot.join("input_style");
             let files = images_in(&s_dir, "--dataroot")?;
@@ -644,12 +765,27 @@ fn run(cli: Cli) -> Res<()> {
                         t.display()
                     ));
                 }
-                // The official evaluator loads these without any resize: they must be pre-sized.
                 let raw = |p: &Path| -> Res<Tensor<4>> {
                     let img = image_io::load_rgb(p).map_err(|e| format!("--dataroot: {e}"))?;
+                    let (w, h) = (img.width() as usize, img.height() as usize);
+                    if w * h > input.max_pixels {
+                        return Err(format!(
+                            "--dataroot: {} is {w}x{h}, over the budget of {} pixels (raise \
+                             --max-pixels)",
+                            p.display(),
+                            input.max_pixels
+                        ));
+                    }
                     let img = ImageTensor::from_rgb8(&img);
-                    fits_encoder(&img, "--dataroot", p, min)?;
-                    Ok(to_tensor(&img, &device))
+                    if img.height.min(img.width) < input.min_side {
+                        return Err(format!(
+                            "--dataroot: {} is {w}x{h}; this checkpoint's encoder needs at least \
+                             {} px on each side",
+                            p.display(),
+                            input.min_side
+                        ));
+                    }
+                    images_to_tensor(&[img], &device).map_err(|e| e.to_string())
                 };
                 let (xs, xt) = (raw(s)?, raw(&t)?);
                 let cs = dec.encode(xs.clone());

@@ -1,50 +1,12 @@
 //! The `sae` binary end to end: every command on a small native checkpoint and the shipped demo
 //! images, and bad flags named in the error.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-use burn::tensor::Device;
-use sae_model::native::save_native;
-use sae_model::{EncoderConfig, GeneratorConfig, ModelConfig};
+use std::path::Path;
+use std::process::Output;
 
-fn sae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(args)
-        .output()
-        .expect("sae runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sae-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn asset(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../assets/images")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// A small E+G checkpoint in the native format.
-fn checkpoint(dir: &Path) -> String {
-    let config = ModelConfig {
-        encoder: EncoderConfig::new(vec![4, 8, 8, 16, 16, 16, 16], 4, 4, 16),
-        generator: GeneratorConfig::new(4, 16, vec![8, 16], vec![16, 8, 8, 4]),
-        discriminator: None,
-        patch_discriminator: None,
-    };
-    let path = dir.join("model.safetensors");
-    save_native(&config.init(&Device::default()), &config, &path).unwrap();
-    path.to_string_lossy().into_owned()
-}
+use common::{asset, checkpoint, sae, stderr, workdir};
 
 /// `sae swap` of the demo scenes a (structure) and b (texture) at α = 0, 0.5, 1, with `--raw`.
 fn swap_raw(ckpt: &str, out: &Path) -> Output {

@@ -1,7 +1,9 @@
-//! The official channel formulas (spec 2, 3, 4, 5), with Python's rounding.
+//! The official channel formulas (`models/networks/encoder.py`, `generator.py`,
+//! `stylegan2_layers.py::Discriminator`, `patch_discriminator.py`), with Python's rounding.
 //!
 //! These only serve to build a model from a preset. A checkpoint is always loaded with the
-//! widths read from its tensors, because the formulas changed between code versions (spec 7.4).
+//! widths read from its tensors, because the formulas changed between code versions (the `nc`
+//! cap, see `docs/checkpoints.md`).
 
 /// Python 3's `round(x)`: halves go to the even neighbour (`round(204.5) == 204`).
 pub fn py_round(x: f64) -> i64 {
@@ -80,7 +82,7 @@ mod tests {
 
     #[test]
     fn ffhq1024_widths_follow_the_spec_table() {
-        // spec 6: E 13,26,51,102,205,410 | 819,1536 ; G heads 204,409; ups 409,409,409,204,102
+        // ffhq1024: E 13,26,51,102,205,410 | 819,1536 ; G heads 204,409; ups 409,409,409,204,102
         let nc: Vec<usize> = (0..8).map(|i| encoder_nc(i, 1536, 2.0, 0.4)).collect();
         assert_eq!(nc, [13, 26, 51, 102, 205, 410, 819, 1536]);
         let nf: Vec<usize> = (0..6).map(|j| generator_nf(j, 5, 0.8)).collect();

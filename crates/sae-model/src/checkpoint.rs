@@ -1,6 +1,6 @@
 //! Official checkpoint import: the one place where official `state_dict` keys become parameter
 //! paths of this crate's networks, and where a model's configuration is read from the tensor
-//! shapes (spec 7.2–7.4).
+//! shapes (official `models/base_model.py::save`; rules in `docs/checkpoints.md`).
 //!
 //! # Key-remap table
 //!
@@ -54,6 +54,9 @@ pub enum Net {
 /// A checkpoint that cannot be turned into this crate's networks.
 #[derive(Debug, Error, PartialEq)]
 pub enum CheckpointError {
+    /// The shapes describe a configuration no network can be built from.
+    #[error("the inferred configuration is invalid: {0}")]
+    Config(crate::config::ConfigError),
     /// A key the importer does not know.
     #[error("unknown checkpoint key `{key}`")]
     UnknownKey {

@@ -2,15 +2,18 @@
 //! configurations derived from them.
 
 use burn::config::Config;
+use thiserror::Error;
 
 use crate::channels::{discriminator_ch, encoder_nc, generator_head, generator_nf, patch_ch};
 use crate::discriminator::{DiscriminatorConfig, PatchDiscriminatorConfig};
 use crate::encoder::EncoderConfig;
 use crate::generator::GeneratorConfig;
+use crate::model::ModelConfig;
 
 /// Every option of the official code that shapes the networks, with the official defaults
-/// (spec 2–6). Names follow the official flags in snake case (`netE_scale_capacity` →
-/// `net_e_scale_capacity`). Serialises to JSON with [`Config::save`].
+/// (the `modify_commandline_options` of `models/networks/*.py` and the model). Names follow the
+/// official flags in snake case (`netE_scale_capacity` → `net_e_scale_capacity`). Serialises to
+/// JSON with [`Config::save`].
 #[derive(Config, Debug, PartialEq)]
 pub struct SwappingAutoencoderConfig {
     /// Texture-code width (`global_code_ch`), also G's style dimension.
@@ -60,7 +63,7 @@ pub struct SwappingAutoencoderConfig {
     pub use_antialias: bool,
 }
 
-/// A named official configuration (one per launcher, spec 6).
+/// A named official configuration (one per launcher entry of `experiments/*_launcher.py`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     /// The bare defaults (256 px).
@@ -95,7 +98,7 @@ impl Preset {
     ];
 
     /// The command-line name.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Preset::Default => "default",
             Preset::Church256 => "church256",
@@ -219,5 +222,162 @@ impl SwappingAutoencoderConfig {
             res /= 2;
         }
         PatchDiscriminatorConfig::new(channels).with_blur_kernel(self.blur())
+    }
+}
+
+/// A [`ModelConfig`] that describes no buildable model (read from a damaged or foreign file,
+/// say). `field` names the configuration field as it is spelled in the JSON.
+#[derive(Debug, Error, PartialEq)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    /// The field, e.g. `encoder.channels`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// The largest width (channels, code sizes, hidden units) a configuration may ask for: 16× the
+/// widest official layer (2048), far above any real model, and a bound on what a bad file can
+/// make this crate try to allocate.
+pub const MAX_WIDTH: usize = 1 << 15;
+
+/// The most resolution levels (encoder downsamplings, generator blocks, discriminator blocks)
+/// a configuration may ask for: 2^16-px images are beyond any model.
+pub const MAX_LEVELS: usize = 16;
+
+/// The most FIR taps a blur may have (the official ones have 3 and 4).
+pub const MAX_TAPS: usize = 16;
+
+fn bad(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn check_widths(field: &str, widths: &[usize], min_len: usize) -> Result<(), ConfigError> {
+    if widths.len() < min_len {
+        return Err(bad(
+            field,
+            format!("needs at least {min_len} widths, got {}", widths.len()),
+        ));
+    }
+    if widths.len() > MAX_LEVELS + 2 {
+        return Err(bad(
+            field,
+            format!(
+                "{} widths; at most {} are allowed",
+                widths.len(),
+                MAX_LEVELS + 2
+            ),
+        ));
+    }
+    check_sizes(field, widths)
+}
+
+fn check_sizes(field: &str, values: &[usize]) -> Result<(), ConfigError> {
+    for (i, &w) in values.iter().enumerate() {
+        if w == 0 || w > MAX_WIDTH {
+            return Err(bad(
+                &format!("{field}[{i}]"),
+                format!("{w} is not a width in 1..={MAX_WIDTH}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_width(field: &str, w: usize) -> Result<(), ConfigError> {
+    if w == 0 || w > MAX_WIDTH {
+        return Err(bad(field, format!("{w} is not a width in 1..={MAX_WIDTH}")));
+    }
+    Ok(())
+}
+
+/// The taps of `sae_nn::FirKernel::new`: non-empty, finite, not summing to zero.
+fn check_taps(field: &str, taps: &[f32]) -> Result<(), ConfigError> {
+    if taps.is_empty() || taps.len() > MAX_TAPS {
+        return Err(bad(
+            field,
+            format!("needs 1..={MAX_TAPS} taps, got {}", taps.len()),
+        ));
+    }
+    if taps.iter().any(|t| !t.is_finite()) {
+        return Err(bad(field, format!("taps {taps:?} are not all finite")));
+    }
+    let sum: f32 = taps.iter().sum();
+    if sum == 0.0 || !sum.is_finite() {
+        return Err(bad(
+            field,
+            format!("taps {taps:?} sum to {sum} and cannot be normalised"),
+        ));
+    }
+    Ok(())
+}
+
+impl ModelConfig {
+    /// Checks that the configuration describes a model every network's `init` can build, and
+    /// that the networks fit together (the codes E makes are the codes G reads). Every
+    /// configuration read from a file goes through this before anything is built, so a bad one
+    /// is a [`ConfigError`] naming the field, never a panic in a layer constructor.
+    ///
+    /// # Errors
+    /// The first field that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.encoder;
+        if e.num_downsampling_sp > MAX_LEVELS {
+            return Err(bad(
+                "encoder.num_downsampling_sp",
+                format!("{} is above {MAX_LEVELS}", e.num_downsampling_sp),
+            ));
+        }
+        check_widths("encoder.channels", &e.channels, e.num_downsampling_sp + 1)?;
+        check_width("encoder.spatial_code_ch", e.spatial_code_ch)?;
+        check_width("encoder.global_code_ch", e.global_code_ch)?;
+        check_taps("encoder.blur_kernel", &e.blur_kernel)?;
+        let g = &self.generator;
+        check_widths("generator.head_channels", &g.head_channels, 1)?;
+        check_widths("generator.up_channels", &g.up_channels, 1)?;
+        check_taps("generator.blur_kernel", &g.blur_kernel)?;
+        if g.spatial_code_ch != e.spatial_code_ch {
+            return Err(bad(
+                "generator.spatial_code_ch",
+                format!(
+                    "{} differs from the encoder's structure code ({} channels)",
+                    g.spatial_code_ch, e.spatial_code_ch
+                ),
+            ));
+        }
+        if g.style_dim != e.global_code_ch {
+            return Err(bad(
+                "generator.style_dim",
+                format!(
+                    "{} differs from the encoder's texture code ({} dims)",
+                    g.style_dim, e.global_code_ch
+                ),
+            ));
+        }
+        if let Some(d) = &self.discriminator {
+            check_widths("discriminator.channels", &d.channels, 2)?;
+            check_taps("discriminator.blur_kernel", &d.blur_kernel)?;
+            if d.side == 0 || d.side > 64 {
+                return Err(bad(
+                    "discriminator.side",
+                    format!("{} is not a final side in 1..=64", d.side),
+                ));
+            }
+        }
+        if let Some(p) = &self.patch_discriminator {
+            check_widths("patch_discriminator.channels", &p.channels, 2)?;
+            check_sizes("patch_discriminator.pair_hidden", &p.pair_hidden)?;
+            if p.pair_hidden.len() > MAX_LEVELS {
+                return Err(bad(
+                    "patch_discriminator.pair_hidden",
+                    format!("{} layers; at most {MAX_LEVELS}", p.pair_hidden.len()),
+                ));
+            }
+            check_taps("patch_discriminator.blur_kernel", &p.blur_kernel)?;
+        }
+        Ok(())
     }
 }

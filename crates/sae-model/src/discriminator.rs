@@ -1,4 +1,5 @@
-//! The image discriminator D (spec 4) and the patch co-occurrence discriminator Dpatch (spec 5).
+//! The image discriminator D (official `models/networks/discriminator.py`) and the patch
+//! co-occurrence discriminator Dpatch (official `models/networks/patch_discriminator.py`).
 
 use burn::config::Config;
 use burn::module::Module;
@@ -38,8 +39,14 @@ pub struct DiscriminatorConfig {
 
 impl DiscriminatorConfig {
     /// The input side the network accepts: `side · 2^(blocks)`.
+    ///
+    /// Saturates at `usize::MAX` for configurations too deep for any image.
     pub fn input_size(&self) -> usize {
-        self.side << (self.channels.len() - 1)
+        let blocks = u32::try_from(self.channels.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        1usize
+            .checked_shl(blocks)
+            .and_then(|f| f.checked_mul(self.side))
+            .unwrap_or(usize::MAX)
     }
 
     /// Builds D.
@@ -129,7 +136,8 @@ impl Discriminator {
         (h, tape)
     }
 
-    /// `∂(Σ_b D(x)_b)/∂x`, the gradient of the R1 penalty (spec 8.3), as an expression that is
+    /// `∂(Σ_b D(x)_b)/∂x`, the gradient of the R1 penalty (official
+    /// `models/swapping_autoencoder_model.py::compute_R1_loss`), as an expression that is
     /// differentiable in D's weights.
     ///
     /// Burn has no double backward, so this is the hand-written input vector-Jacobian product
@@ -301,7 +309,8 @@ impl PatchDiscriminator {
             .reshape(tape.patch_dims)
     }
 
-    /// The gradients of the patch R1 penalty (spec 8.3): with
+    /// The gradients of the patch R1 penalty (official
+    /// `models/swapping_autoencoder_model.py::compute_R1_loss`): with
     /// `p = Σ discriminate_features(extract_features(reference, aggregate), extract_features(target, false))`,
     /// returns `(∂p/∂reference, ∂p/∂target)` as expressions differentiable in Dpatch's weights
     /// (hand-written input-VJPs, as in [`Discriminator::input_gradient`]).

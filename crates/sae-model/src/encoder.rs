@@ -1,4 +1,4 @@
-//! The encoder E (spec 2, the official `StyleGAN2ResnetEncoder`).
+//! The encoder E (the official `models/networks/encoder.py::StyleGAN2ResnetEncoder`).
 
 use burn::config::Config;
 use burn::module::Module;
@@ -28,13 +28,23 @@ pub struct EncoderConfig {
 impl EncoderConfig {
     /// Downsamplings of the texture branch (`gl`).
     pub fn num_downsampling_gl(&self) -> usize {
-        self.channels.len() - 1 - self.num_downsampling_sp
+        self.channels
+            .len()
+            .saturating_sub(1 + self.num_downsampling_sp)
     }
 
     /// The smallest image side the encoder takes: each valid 3×3 stride-2 conv of the texture
     /// branch needs at least 3 pixels, so the midpoint needs `2^(gl+1) − 1`, times `2^sp`.
+    ///
+    /// Saturates at `usize::MAX` for configurations too deep for any image.
     pub fn min_input_size(&self) -> usize {
-        ((1 << (self.num_downsampling_gl() + 1)) - 1) << self.num_downsampling_sp
+        let gl = u32::try_from(self.num_downsampling_gl() + 1).unwrap_or(u32::MAX);
+        let sp = u32::try_from(self.num_downsampling_sp).unwrap_or(u32::MAX);
+        1usize
+            .checked_shl(gl)
+            .map(|m| m - 1)
+            .and_then(|m| m.checked_mul(1usize.checked_shl(sp)?))
+            .unwrap_or(usize::MAX)
     }
 
     /// Builds the encoder.

@@ -1,4 +1,4 @@
-//! The generator G (spec 3, the official `StyleGAN2ResnetGenerator`).
+//! The generator G (the official `models/networks/generator.py::StyleGAN2ResnetGenerator`).
 
 use std::collections::BTreeMap;
 
@@ -211,5 +211,45 @@ impl Generator {
             x = block.forward(x, &style, &mut noise, &Self::up_name(j));
         }
         self.to_rgb.forward(x, &style)
+    }
+}
+
+/// The noise inputs by name, for [`GeneratorNoise::Fixed`] (the official `fix_noise`).
+impl Generator {
+    /// The `(official path, [1, 1, h, w])` of every noise input for a structure code of spatial
+    /// size `[h, w]`, in layer order.
+    pub fn noise_shapes(&self, size: [usize; 2]) -> Vec<(String, [usize; 4])> {
+        let [mut h, mut w] = size;
+        let mut out = Vec::new();
+        for i in 0..self.head.len() {
+            for conv in ["conv1", "conv2"] {
+                out.push((format!("{}.{conv}.noise", Self::head_name(i)), [1, 1, h, w]));
+            }
+        }
+        for (j, block) in self.up.iter().enumerate() {
+            h *= 2;
+            w *= 2;
+            if block.conv1.use_noise {
+                for conv in ["conv1", "conv2"] {
+                    out.push((format!("{}.{conv}.noise", Self::up_name(j)), [1, 1, h, w]));
+                }
+            }
+        }
+        out
+    }
+
+    /// One fixed `N(0, 1)` noise map per layer (batch 1, broadcast over any batch), as the
+    /// official `fix_noise` draws them.
+    pub fn fixed_noise(
+        &self,
+        size: [usize; 2],
+        seed: u64,
+        device: &Device,
+    ) -> BTreeMap<String, Tensor<4>> {
+        let mut rng = NoiseRng::seed(seed);
+        self.noise_shapes(size)
+            .into_iter()
+            .map(|(path, shape)| (path, rng.sample(shape, device)))
+            .collect()
     }
 }

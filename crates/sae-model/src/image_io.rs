@@ -1,7 +1,7 @@
 //! Image input and output for the test-time pipeline, without Burn.
 //!
 //! This module reproduces what the official code (taesungp/swapping-autoencoder-pytorch) does
-//! with PIL and torchvision around the networks (SAE-SPEC 10.5 and "Output image conversion"):
+//! with PIL and torchvision around the networks (`data/base_dataset.py`, `util/util.py`):
 //!
 //! - [`load_rgb`] is `PIL.Image.open(path).convert('RGB')`.
 //! - [`test_transform`] and [`load_image`] are `data/base_dataset.py::get_transform` in the
@@ -48,7 +48,7 @@
 
 use std::borrow::Cow;
 use std::fs;
-use std::io::{BufWriter, Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::codecs::png::PngEncoder;
@@ -56,6 +56,8 @@ use image::imageops::{self, FilterType};
 use image::{
     DynamicImage, GrayImage, ImageBuffer, ImageEncoder, ImageFormat, ImageReader, Luma, Pixel, Rgb,
 };
+
+use crate::atomic::{WriteError, write_atomic};
 
 /// The 8-bit RGB image type of the `image` crate, re-exported for the callers of this module.
 pub use image::RgbImage;
@@ -158,6 +160,22 @@ pub enum ImageError {
         /// The height the preprocess resize would give.
         new_height: usize,
     },
+    /// The image would be larger than the pixel budget after preprocessing.
+    #[error(
+        "image {} would be {width}x{height} after preprocessing, over the budget of \
+         {max_pixels} pixels",
+        path.display()
+    )]
+    TooManyPixels {
+        /// The image's file.
+        path: PathBuf,
+        /// The width after preprocessing.
+        width: usize,
+        /// The height after preprocessing.
+        height: usize,
+        /// The budget.
+        max_pixels: usize,
+    },
     /// A mask was requested at a size with a zero side.
     #[error("cannot resize mask {} to {height}x{width}: a side is zero", path.display())]
     BadSize {
@@ -194,6 +212,10 @@ pub enum ImageError {
         /// Column.
         x: usize,
     },
+    /// The output path holds something other than a regular file (file-system failures are
+    /// [`ImageError::Io`]).
+    #[error(transparent)]
+    Write(WriteError),
     /// The PNG encoder failed, or the tensor could not be converted for writing.
     #[error("cannot write PNG {}: {reason}", path.display())]
     Encode {
@@ -204,21 +226,95 @@ pub enum ImageError {
     },
 }
 
-/// The `--preprocess` resize of the test transform (SAE-SPEC 10.5).
-///
-/// Crop steps are train-only and not represented. Every variant ends with
+impl From<WriteError> for ImageError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Io { path, source } => ImageError::Io { path, source },
+            other => ImageError::Write(other),
+        }
+    }
+}
+
+/// The resize step of the official `--preprocess` option (`data/base_dataset.py::get_transform`;
+/// the official code tests `resize`, then `scale_width`, then `scale_shortside`). The size it
+/// resizes to is [`Preprocess::load_size`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResizeMode {
+    /// No resize.
+    None,
+    /// `resize`: squash to `load_size × load_size`.
+    Resize,
+    /// `scale_width`: width to `load_size`, height `int(load_size·h/w)`.
+    ScaleWidth,
+    /// `scale_shortside`: short side to `load_size`, the other `round(side·scale)`.
+    ScaleShortside,
+}
+
+impl ResizeMode {
+    /// The official step name (`resize`, `scale_width`, `scale_shortside`); `None` for no
+    /// resize.
+    pub fn step_name(self) -> Option<&'static str> {
+        match self {
+            ResizeMode::None => None,
+            ResizeMode::Resize => Some("resize"),
+            ResizeMode::ScaleWidth => Some("scale_width"),
+            ResizeMode::ScaleShortside => Some("scale_shortside"),
+        }
+    }
+
+    /// The mode of an official step name.
+    pub fn from_step_name(step: &str) -> Option<Self> {
+        [
+            ResizeMode::Resize,
+            ResizeMode::ScaleWidth,
+            ResizeMode::ScaleShortside,
+        ]
+        .into_iter()
+        .find(|m| m.step_name() == Some(step))
+    }
+}
+
+/// The resize of the test transform: a [`ResizeMode`] and the `load_size` it resizes to. Crop
+/// steps are train-only (`sae-data`'s `Preprocessing`). Every resize ends with
 /// `make_power_2(base=16)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Preprocess {
-    /// Keep the size, only round each side to a multiple of 16 (make_power_2 base 16).
-    None,
-    /// Scale the short side to `load_size` (the other side `round(side·scale)`), then a
-    /// multiple of 16.
-    ScaleShortside(usize),
-    /// Width to `load_size`, `h = int(load_size·oh/ow)`, then a multiple of 16.
-    ScaleWidth(usize),
-    /// Square resize to `load_size`, then a multiple of 16.
-    Resize(usize),
+pub struct Preprocess {
+    /// The resize.
+    pub resize: ResizeMode,
+    /// `--load_size` (unused by [`ResizeMode::None`]).
+    pub load_size: usize,
+}
+
+impl Preprocess {
+    /// Keep the size, only round each side to a multiple of 16.
+    pub const NONE: Preprocess = Preprocess {
+        resize: ResizeMode::None,
+        load_size: 0,
+    };
+
+    /// [`ResizeMode::Resize`] to `load_size`.
+    pub const fn resize(load_size: usize) -> Self {
+        Preprocess {
+            resize: ResizeMode::Resize,
+            load_size,
+        }
+    }
+
+    /// [`ResizeMode::ScaleWidth`] to `load_size`.
+    pub const fn scale_width(load_size: usize) -> Self {
+        Preprocess {
+            resize: ResizeMode::ScaleWidth,
+            load_size,
+        }
+    }
+
+    /// [`ResizeMode::ScaleShortside`] to `load_size`.
+    pub const fn scale_shortside(load_size: usize) -> Self {
+        Preprocess {
+            resize: ResizeMode::ScaleShortside,
+            load_size,
+        }
+    }
 }
 
 /// Reads a PNG or JPEG file as 8-bit RGB, as `PIL.Image.open(path).convert('RGB')` does.
@@ -251,6 +347,29 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         source,
     })?;
     decode_rgb(&bytes, path)
+}
+
+/// The `(width, height)` of an image file, from its header (nothing is decoded).
+///
+/// # Errors
+/// [`ImageError::Io`] if the file cannot be read, [`ImageError::Decode`] if its header is not
+/// that of an image.
+pub fn image_dimensions(path: &Path) -> Result<(usize, usize), ImageError> {
+    let decode_err = |reason: String| ImageError::Decode {
+        path: path.to_path_buf(),
+        reason: reason.trim_end().to_string(),
+    };
+    let reader = ImageReader::open(path)
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|e| decode_err(e.to_string()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| decode_err(e.to_string()))?;
+    Ok((w as usize, h as usize))
 }
 
 /// Decodes an encoded image held in memory as 8-bit RGB, exactly as [`load_rgb`] does for a
@@ -389,10 +508,11 @@ pub fn dynamic_to_rgb8(img: DynamicImage) -> RgbImage {
 ///
 /// Sides may come out as 0 here, where the official code would fail in PIL.
 pub fn preprocess_dims(width: usize, height: usize, pre: Preprocess) -> (usize, usize) {
-    match pre {
-        Preprocess::None => (width, height),
-        Preprocess::Resize(size) => (size, size),
-        Preprocess::ScaleWidth(size) => {
+    let size = pre.load_size;
+    match pre.resize {
+        ResizeMode::None => (width, height),
+        ResizeMode::Resize => (size, size),
+        ResizeMode::ScaleWidth => {
             if width == size {
                 // The official skip test (`ow == load_size and oh >= crop_size`) cannot change
                 // the result: with ow == load_size the new height is oh either way.
@@ -404,7 +524,7 @@ pub fn preprocess_dims(width: usize, height: usize, pre: Preprocess) -> (usize, 
                 (size, h as usize)
             }
         }
-        Preprocess::ScaleShortside(size) => {
+        ResizeMode::ScaleShortside => {
             // Python: `scale = load_size / min(ow, oh)`, then `round(side * scale)` with
             // round-half-to-even, all in f64.
             let scale = size as f64 / width.min(height) as f64;
@@ -420,7 +540,8 @@ pub fn preprocess_dims(width: usize, height: usize, pre: Preprocess) -> (usize, 
 /// The official code gives 0 for sides of 8 or less and then fails inside PIL; we use 16, the
 /// smallest non-zero multiple of the base, so that tiny inputs still produce an image.
 pub fn make_power_2_side(side: usize) -> usize {
-    let rounded = (side as f64 / POWER_2_BASE as f64).round_ties_even() as usize * POWER_2_BASE;
+    let rounded = ((side as f64 / POWER_2_BASE as f64).round_ties_even() as usize)
+        .saturating_mul(POWER_2_BASE);
     rounded.max(POWER_2_BASE)
 }
 
@@ -456,8 +577,9 @@ where
     }
 }
 
-/// The test-phase transform of SAE-SPEC 10.5: the `pre` resize, then `make_power_2(base=16)`,
-/// both bicubic, then `[-1, 1]` normalisation of the 8-bit result. No crop, no flip.
+/// The official test-phase transform (`data/base_dataset.py::get_transform`): the `pre` resize,
+/// then `make_power_2(base=16)`, both bicubic, then `[-1, 1]` normalisation of the 8-bit result.
+/// No crop, no flip.
 ///
 /// Each resize is PIL-like bicubic (see the module docs: bit-identical to PIL on the fixtures,
 /// at most 2 levels apart in a random sweep). The image goes through 8 bits between steps, as
@@ -493,6 +615,20 @@ pub fn test_transform(img: &RgbImage, pre: Preprocess) -> ImageTensor {
 /// Those of [`load_rgb`], and [`ImageError::TooSmall`] when the `pre` resize would give a
 /// zero side (where the official code fails).
 pub fn load_image(path: &Path, pre: Preprocess) -> Result<ImageTensor, ImageError> {
+    load_image_within(path, pre, usize::MAX)
+}
+
+/// [`load_image`] with a budget: an image that would be larger than `max_pixels` after the
+/// preprocessing is refused *before* it is resized, so neither a huge file nor a huge
+/// `load_size` makes this allocate more than the decoded image.
+///
+/// # Errors
+/// Those of [`load_image`], and [`ImageError::TooManyPixels`] over the budget.
+pub fn load_image_within(
+    path: &Path,
+    pre: Preprocess,
+    max_pixels: usize,
+) -> Result<ImageTensor, ImageError> {
     let img = load_rgb(path)?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     let (new_width, new_height) = preprocess_dims(width, height, pre);
@@ -504,6 +640,15 @@ pub fn load_image(path: &Path, pre: Preprocess) -> Result<ImageTensor, ImageErro
             pre,
             new_width,
             new_height,
+        });
+    }
+    let (fw, fh) = (make_power_2_side(new_width), make_power_2_side(new_height));
+    if fw.checked_mul(fh).is_none_or(|n| n > max_pixels) {
+        return Err(ImageError::TooManyPixels {
+            path: path.to_path_buf(),
+            width: fw,
+            height: fh,
+            max_pixels,
         });
     }
     Ok(test_transform(&img, pre))
@@ -580,57 +725,33 @@ pub fn save_png(t: &ImageTensor, path: &Path) -> Result<(), ImageError> {
     save_rgb_png(&img, path)
 }
 
+/// Encodes an 8-bit RGB image as PNG bytes (the one PNG encoder of the workspace).
+///
+/// # Errors
+/// What the encoder reports (an image too large for PNG).
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
+    let mut bytes = Vec::new();
+    PngEncoder::new(&mut bytes).write_image(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        image::ExtendedColorType::Rgb8,
+    )?;
+    Ok(bytes)
+}
+
 /// Atomically writes an 8-bit RGB image (a grid, say) as PNG, as [`save_png`] does.
 ///
 /// # Errors
-///
-/// As [`save_png`].
-pub fn save_rgb8(img: &RgbImage, path: &Path) -> Result<(), ImageError> {
-    save_rgb_png(img, path)
-}
-
-/// Atomically writes an 8-bit RGB image as PNG (the worker behind [`save_png`]).
-fn save_rgb_png(img: &RgbImage, path: &Path) -> Result<(), ImageError> {
-    let io_err = |source: std::io::Error| ImageError::Io {
+/// [`ImageError::Encode`] if encoding fails, [`ImageError::Io`] if the file cannot be written,
+/// [`ImageError::Write`] if the path holds something other than a regular file.
+pub fn save_rgb_png(img: &RgbImage, path: &Path) -> Result<(), ImageError> {
+    let bytes = encode_png(img).map_err(|e| ImageError::Encode {
         path: path.to_path_buf(),
-        source,
-    };
-    if path.file_name().is_none() {
-        return Err(ImageError::Encode {
-            path: path.to_path_buf(),
-            reason: "the path has no file name".to_string(),
-        });
-    }
-    let tmp = crate::native::temp_sibling(path);
-
-    let write = || -> Result<(), ImageError> {
-        let file = fs::File::create(&tmp).map_err(io_err)?;
-        let mut out = BufWriter::new(file);
-        PngEncoder::new(&mut out)
-            .write_image(
-                img.as_raw(),
-                img.width(),
-                img.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(|e| match e {
-                image::ImageError::IoError(source) => io_err(source),
-                other => ImageError::Encode {
-                    path: path.to_path_buf(),
-                    reason: other.to_string(),
-                },
-            })?;
-        out.flush().map_err(io_err)?;
-        // Flush to disk before the rename so that a crash cannot leave a renamed but empty file.
-        out.get_ref().sync_all().map_err(io_err)?;
-        fs::rename(&tmp, path).map_err(io_err)
-    };
-    let result = write();
-    if result.is_err() {
-        // Best effort: the original error matters more than a failed cleanup.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 /// Places images side by side, top-aligned; the strip is as tall as the tallest image and the
@@ -849,7 +970,7 @@ mod tests {
         let err = load_rgb(&path).expect_err("text is not an image");
         assert!(matches!(err, ImageError::Decode { .. }), "{err:?}");
         assert!(err.to_string().contains("notes.png"), "{err}");
-        let err = load_image(&path, Preprocess::None).expect_err("same through load_image");
+        let err = load_image(&path, Preprocess::NONE).expect_err("same through load_image");
         assert!(err.to_string().contains("notes.png"), "{err}");
         let _ = fs::remove_dir_all(dir);
     }
@@ -995,22 +1116,22 @@ mod tests {
     #[test]
     fn preprocess_sizes_follow_the_official_formulas() {
         let img = RgbImage::from_pixel(300, 200, Rgb([10, 20, 30]));
-        let t = test_transform(&img, Preprocess::ScaleShortside(256));
+        let t = test_transform(&img, Preprocess::scale_shortside(256));
         assert_eq!(
             (t.width, t.height),
             (384, 256),
             "aspect kept: 300x200 → 384x256"
         );
-        let t = test_transform(&img, Preprocess::ScaleWidth(256));
+        let t = test_transform(&img, Preprocess::scale_width(256));
         // h = int(256·200/300) = 170 → round(10.625)·16 = 176.
         assert_eq!((t.width, t.height), (256, 176));
-        let t = test_transform(&img, Preprocess::Resize(100));
+        let t = test_transform(&img, Preprocess::resize(100));
         assert_eq!((t.width, t.height), (96, 96));
-        let t = test_transform(&img, Preprocess::None);
+        let t = test_transform(&img, Preprocess::NONE);
         // 300 → round(18.75)·16 = 304, 200 → round(12.5)·16 = 192.
         assert_eq!((t.width, t.height), (304, 192));
         assert_eq!(
-            preprocess_dims(375, 500, Preprocess::ScaleShortside(512)),
+            preprocess_dims(375, 500, Preprocess::scale_shortside(512)),
             (512, 683)
         );
         // A constant image stays constant through both bicubic resizes.
@@ -1022,15 +1143,15 @@ mod tests {
     #[test]
     fn degenerate_sizes_do_not_panic() {
         let tiny = RgbImage::from_pixel(3, 5, Rgb([1, 2, 3]));
-        let t = test_transform(&tiny, Preprocess::None);
+        let t = test_transform(&tiny, Preprocess::NONE);
         assert_eq!((t.width, t.height), (16, 16));
-        let t = test_transform(&tiny, Preprocess::Resize(0));
+        let t = test_transform(&tiny, Preprocess::resize(0));
         assert_eq!((t.width, t.height), (16, 16));
         let wide = RgbImage::new(400, 1);
-        let t = test_transform(&wide, Preprocess::ScaleWidth(100));
+        let t = test_transform(&wide, Preprocess::scale_width(100));
         assert_eq!((t.width, t.height), (96, 16));
         let empty = RgbImage::new(0, 0);
-        let t = test_transform(&empty, Preprocess::ScaleShortside(32));
+        let t = test_transform(&empty, Preprocess::scale_shortside(32));
         assert_eq!(t.data.len(), 3 * 16 * 16);
         assert!(t.data.iter().all(|&v| v == -1.0));
     }
@@ -1041,13 +1162,13 @@ mod tests {
         let path = dir.join("wide.png");
         RgbImage::new(40, 1).save(&path).expect("save");
         // int(16·1/40) = 0.
-        let err = load_image(&path, Preprocess::ScaleWidth(16)).expect_err("zero height");
+        let err = load_image(&path, Preprocess::scale_width(16)).expect_err("zero height");
         assert!(
             matches!(err, ImageError::TooSmall { new_height: 0, .. }),
             "{err:?}"
         );
         assert!(err.to_string().contains("wide.png"), "{err}");
-        assert!(load_image(&path, Preprocess::None).is_ok());
+        assert!(load_image(&path, Preprocess::NONE).is_ok());
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -1188,7 +1309,7 @@ mod tests {
         let t = ImageTensor::from_rgb8(&fixed);
         save_png(&t, &path).expect("overwrite");
         assert_eq!(load_rgb(&path).expect("load"), fixed);
-        assert_eq!(load_image(&path, Preprocess::None).expect("load"), t);
+        assert_eq!(load_image(&path, Preprocess::NONE).expect("load"), t);
         let names: Vec<_> = fs::read_dir(&dir)
             .expect("list")
             .map(|e| e.expect("entry").file_name())
@@ -1211,12 +1332,12 @@ mod tests {
 
     /// The fixture cases of make_image_fixtures.py (`CASES`).
     const BICUBIC_CASES: [(&str, Preprocess); 6] = [
-        ("none", Preprocess::None),
-        ("shortside40", Preprocess::ScaleShortside(40)),
-        ("shortside20", Preprocess::ScaleShortside(20)),
-        ("width50", Preprocess::ScaleWidth(50)),
-        ("resize16", Preprocess::Resize(16)),
-        ("resize24", Preprocess::Resize(24)),
+        ("none", Preprocess::NONE),
+        ("shortside40", Preprocess::scale_shortside(40)),
+        ("shortside20", Preprocess::scale_shortside(20)),
+        ("width50", Preprocess::scale_width(50)),
+        ("resize16", Preprocess::resize(16)),
+        ("resize24", Preprocess::resize(24)),
     ];
 
     /// The 8-bit image the transform produced (ImageTensor → levels, rounding to undo the

@@ -3,12 +3,86 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use sae_nn::{NoiseRng, Style, nearest_resize};
 
 use crate::encoder::Codes;
-use crate::generator::{Generator, GeneratorNoise};
+use crate::generator::GeneratorNoise;
+use crate::image_io::{ImageError, ImageTensor};
 use crate::model::SwappingAutoencoder;
+
+/// Stacks images of one size into a `[batch, 3, h, w]` tensor (values as they are, `[-1, 1]`
+/// for images from [`crate::image_io`]).
+///
+/// # Errors
+/// [`ImageError::BadShape`] for an empty list, a malformed image, or images of different sizes.
+pub fn images_to_tensor(images: &[ImageTensor], device: &Device) -> Result<Tensor<4>, ImageError> {
+    let Some(first) = images.first() else {
+        return Err(ImageError::BadShape {
+            height: 0,
+            width: 0,
+            expected: 0,
+            len: 0,
+        });
+    };
+    let (h, w) = (first.height, first.width);
+    let mut data = Vec::with_capacity(images.len() * 3 * h * w);
+    for img in images {
+        let expected = 3 * img.height * img.width;
+        if img.height != h || img.width != w || img.data.len() != expected || expected == 0 {
+            return Err(ImageError::BadShape {
+                height: img.height,
+                width: img.width,
+                expected: 3 * h * w,
+                len: img.data.len(),
+            });
+        }
+        data.extend_from_slice(&img.data);
+    }
+    Ok(Tensor::from_data(
+        TensorData::new(data, [images.len(), 3, h, w]),
+        device,
+    ))
+}
+
+/// Splits a `[batch, 3, h, w]` tensor (a generator output, say) into one image per row, values
+/// unchanged; [`crate::image_io::to_rgb8`] and [`crate::image_io::save_png`] take them on.
+///
+/// # Errors
+/// [`ImageError::BadShape`] for a tensor without 3 channels.
+pub fn tensor_to_images(t: Tensor<4>) -> Result<Vec<ImageTensor>, ImageError> {
+    let [n, c, h, w] = t.dims();
+    if c != 3 {
+        return Err(ImageError::BadShape {
+            height: h,
+            width: w,
+            expected: 3 * h * w,
+            len: c * h * w,
+        });
+    }
+    let data = t
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32");
+    let plane = 3 * h * w;
+    Ok((0..n)
+        .map(|i| ImageTensor {
+            height: h,
+            width: w,
+            data: data[i * plane..(i + 1) * plane].to_vec(),
+        })
+        .collect())
+}
+
+/// The texture mix of the official `simple_swapping` evaluator: `(1 − α)·a + α·b`; `α = 0`
+/// gives `a`, `α = 1` gives `b`. The generator renormalises the result.
+///
+/// # Shapes
+/// - `a`, `b`: `[batch, D]`; output: `[batch, D]`
+pub fn mix_textures(a: Tensor<2>, b: Tensor<2>, alpha: f32) -> Tensor<2> {
+    a * (1.0 - alpha) + b * alpha
+}
 
 /// How a decode fills the generator's noise inputs.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,45 +96,6 @@ pub enum NoiseMode {
     Fixed(u64),
     /// No noise.
     Zero,
-}
-
-impl Generator {
-    /// The `(official path, [1, 1, h, w])` of every noise input for a structure code of spatial
-    /// size `[h, w]`, in layer order.
-    pub fn noise_shapes(&self, size: [usize; 2]) -> Vec<(String, [usize; 4])> {
-        let [mut h, mut w] = size;
-        let mut out = Vec::new();
-        for i in 0..self.head.len() {
-            for conv in ["conv1", "conv2"] {
-                out.push((format!("{}.{conv}.noise", Self::head_name(i)), [1, 1, h, w]));
-            }
-        }
-        for (j, block) in self.up.iter().enumerate() {
-            h *= 2;
-            w *= 2;
-            if block.conv1.use_noise {
-                for conv in ["conv1", "conv2"] {
-                    out.push((format!("{}.{conv}.noise", Self::up_name(j)), [1, 1, h, w]));
-                }
-            }
-        }
-        out
-    }
-
-    /// One fixed `N(0, 1)` noise map per layer (batch 1, broadcast over any batch), as the
-    /// official `fix_noise` draws them.
-    pub fn fixed_noise(
-        &self,
-        size: [usize; 2],
-        seed: u64,
-        device: &Device,
-    ) -> BTreeMap<String, Tensor<4>> {
-        let mut rng = NoiseRng::seed(seed);
-        self.noise_shapes(size)
-            .into_iter()
-            .map(|(path, shape)| (path, rng.sample(shape, device)))
-            .collect()
-    }
 }
 
 /// A decoder session: the model plus the noise policy, so that every output of one session is
@@ -124,6 +159,10 @@ impl<'a> Decoder<'a> {
     /// The official `simple_swapping` evaluator: for each `α`,
     /// `G(sp, (1−α)·g_structure + α·g_texture)`; `α = 0` reconstructs, `α = 1` swaps. G
     /// renormalises the mixed code.
+    ///
+    /// # Shapes
+    /// - `structure`: `[batch, 3, h, w]`; `texture`: `[batch, 3, h', w']`
+    /// - output: one `[batch, 3, h, w]` image per alpha
     pub fn interpolate(
         &mut self,
         structure: Tensor<4>,
@@ -132,11 +171,33 @@ impl<'a> Decoder<'a> {
     ) -> Vec<Tensor<4>> {
         let src = self.encode(structure);
         let tgt = self.encode(texture).texture;
+        self.interpolate_codes(&src, tgt, alphas, None)
+    }
+
+    /// [`Decoder::interpolate`] on codes already computed (encode once, decode many), with an
+    /// optional region: with a `mask`, the mixed texture applies inside it and the structure
+    /// image's own texture outside ([`Decoder::decode_masked`]).
+    ///
+    /// # Shapes
+    /// - `codes`: the structure image's, `[batch, C, h, w]` and `[batch, D]`; `texture`:
+    ///   `[batch, D]`; `mask`: `[batch or 1, 1, mh, mw]` in `[0, 1]`
+    /// - output: one `[batch, 3, h·2^sp, w·2^sp]` image per alpha
+    pub fn interpolate_codes(
+        &mut self,
+        codes: &Codes,
+        texture: Tensor<2>,
+        alphas: &[f32],
+        mask: Option<&Tensor<4>>,
+    ) -> Vec<Tensor<4>> {
         alphas
             .iter()
             .map(|&a| {
-                let mix = src.texture.clone() * (1.0 - a) + tgt.clone() * a;
-                self.decode(src.structure.clone(), Style::Global(mix))
+                let mix = mix_textures(codes.texture.clone(), texture.clone(), a);
+                let structure = codes.structure.clone();
+                match mask {
+                    Some(m) => self.decode_masked(structure, mix, codes.texture.clone(), m.clone()),
+                    None => self.decode(structure, Style::Global(mix)),
+                }
             })
             .collect()
     }

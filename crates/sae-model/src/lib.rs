@@ -6,6 +6,7 @@
 //! from a checkpoint is built from the checkpoint's own shapes; [`SwappingAutoencoderConfig`]
 //! derives them from the official options, and [`Preset`] names the official launchers.
 
+pub mod atomic;
 pub mod channels;
 pub mod checkpoint;
 pub mod config;
@@ -16,12 +17,11 @@ pub mod image_io;
 pub mod inference;
 pub mod model;
 pub mod native;
-pub mod pth;
 
-pub use config::{Preset, SwappingAutoencoderConfig};
+pub use config::{ConfigError, Preset, SwappingAutoencoderConfig};
 pub use discriminator::{
     Discriminator, DiscriminatorConfig, PatchDiscriminator, PatchDiscriminatorConfig,
 };
 pub use encoder::{Codes, Encoder, EncoderConfig};
 pub use generator::{Generator, GeneratorBlock, GeneratorConfig, GeneratorNoise};
-pub use model::{LoadError, ModelConfig, SwappingAutoencoder};
+pub use model::{CheckpointFormat, LoadError, ModelConfig, OfficialError, SwappingAutoencoder};

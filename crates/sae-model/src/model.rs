@@ -1,11 +1,11 @@
 //! The whole model: E and G (always), D and Dpatch (for training), built from a configuration or
-//! from an official checkpoint.
+//! loaded from a checkpoint of either format ([`SwappingAutoencoder::load`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::tensor::{Device, TensorData};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -19,7 +19,8 @@ use crate::discriminator::{
 };
 use crate::encoder::{Encoder, EncoderConfig};
 use crate::generator::{Generator, GeneratorConfig};
-use crate::pth::{PthData, PthError, read_state_dict};
+use crate::native::{NativeError, is_safetensors, read_native_bytes};
+use sae_pth::{PthData, PthError, read_state_dict_bytes};
 
 /// The explicit configuration of every network of a model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,8 +47,24 @@ impl From<&SwappingAutoencoderConfig> for ModelConfig {
 }
 
 impl ModelConfig {
-    /// Builds the networks (parameters are initialised lazily, on first use).
+    /// Builds the networks with freshly initialised weights (from the device's RNG; seed it
+    /// with `device.seed(..)` for reproducible weights).
+    ///
+    /// Every parameter is initialised here, not lazily on first use. On an autodiff device
+    /// (`device.autodiff()`) each one is then a tracked leaf, and it stays tracked when a
+    /// training step runs a frozen copy of a network (`net.clone().no_grad()`): a lazily
+    /// initialised parameter would take its first value, untracked, through that copy.
+    ///
+    /// # Panics
+    /// If the configuration is invalid ([`ModelConfig::validate`] says why); configurations
+    /// read from files are validated by the loaders before they get here.
     pub fn init(&self, device: &Device) -> SwappingAutoencoder {
+        materialize(self.init_lazy(device))
+    }
+
+    /// The networks with lazily initialised parameters, for the loaders (which replace every
+    /// value, so random weights of the configuration's sizes are never drawn for nothing).
+    pub(crate) fn init_lazy(&self, device: &Device) -> SwappingAutoencoder {
         SwappingAutoencoder {
             e: self.encoder.init(device),
             g: self.generator.init(device),
@@ -56,16 +73,39 @@ impl ModelConfig {
         }
     }
 
-    /// Reads the configuration from a checkpoint's shapes (spec 7.3): nothing is assumed from a
-    /// preset, so any official configuration, including non-preset widths, loads.
+    /// Reads the configuration from a checkpoint's shapes (see `docs/checkpoints.md`): nothing
+    /// is assumed from a preset, so any official configuration, including non-preset widths,
+    /// loads.
+    ///
+    /// # Errors
+    /// [`CheckpointError`] for keys or shapes that describe no model.
     pub fn from_official(shapes: &ShapeMap) -> Result<Self, CheckpointError> {
-        Ok(ModelConfig {
+        let config = ModelConfig {
             encoder: infer_encoder(shapes)?,
             generator: infer_generator(shapes)?,
             discriminator: infer_discriminator(shapes)?,
             patch_discriminator: infer_patch_discriminator(shapes)?,
-        })
+        };
+        config.validate().map_err(CheckpointError::Config)?;
+        Ok(config)
     }
+}
+
+/// Initialises every lazily initialised parameter now (see [`ModelConfig::init`]).
+fn materialize<M: Module>(m: M) -> M {
+    struct Touch;
+    impl ModuleMapper for Touch {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            p.map(|t| {
+                if t.is_require_grad() {
+                    t.detach().require_grad()
+                } else {
+                    t
+                }
+            })
+        }
+    }
+    m.map(&mut Touch)
 }
 
 /// The four networks. `d` and `dpatch` are absent in inference-only checkpoints.
@@ -81,9 +121,87 @@ pub struct SwappingAutoencoder {
     pub dpatch: Option<PatchDiscriminator>,
 }
 
-/// Why an official checkpoint could not be loaded.
+/// Why a checkpoint could not be loaded by [`SwappingAutoencoder::load`].
 #[derive(Debug, Error)]
 pub enum LoadError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file parses as neither format.
+    #[error(
+        "{}: neither a native checkpoint (safetensors) nor an official `torch.save` checkpoint \
+         (zip or legacy pickle); {reason}",
+        path.display()
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// What the file starts with.
+        reason: String,
+    },
+    /// A native file that does not load.
+    #[error(transparent)]
+    Native(#[from] NativeError),
+    /// An official file that does not load.
+    #[error("{}: {source}", path.display())]
+    Official {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: Box<OfficialError>,
+    },
+}
+
+/// The two checkpoint formats [`SwappingAutoencoder::load`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// This crate's safetensors file ([`crate::native`]).
+    Native,
+    /// An official `torch.save` state_dict (zip or legacy pickle).
+    Official,
+}
+
+impl CheckpointFormat {
+    /// Tells the formats apart by parsing, not by one magic byte: a safetensors header (an
+    /// 8-byte length and a JSON object) is native whatever its first byte is; otherwise a zip
+    /// archive or a pickle (protocol 2–5 opcode) is official. `None` when it is neither.
+    pub fn detect(bytes: &[u8]) -> Option<Self> {
+        if is_safetensors(bytes) || safetensors_header_parses(bytes) {
+            Some(CheckpointFormat::Native)
+        } else if bytes.starts_with(b"PK\x03\x04")
+            || (bytes.first() == Some(&0x80) && bytes.get(1).is_some_and(|p| (2..=5).contains(p)))
+        {
+            Some(CheckpointFormat::Official)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether the header of a safetensors file parses, even when the data after it is cut short
+/// (so a truncated native file is reported as a damaged native file).
+fn safetensors_header_parses(bytes: &[u8]) -> bool {
+    let Some(len) = bytes.get(..8) else {
+        return false;
+    };
+    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    let Some(header) = usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+    else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(header).is_ok()
+}
+
+/// Why an official checkpoint could not be loaded.
+#[derive(Debug, Error)]
+pub enum OfficialError {
     /// The file is not a readable `torch.save` state_dict.
     #[error(transparent)]
     Pth(#[from] PthError),
@@ -104,8 +222,20 @@ pub enum LoadError {
 
 /// A `torch.save` state_dict as plain tensors by key: floating tensors as `f32`, integer
 /// buffers as `i64`.
-pub fn read_official_tensors(path: &Path) -> Result<OfficialTensors, LoadError> {
-    let sd = read_state_dict(path)?;
+///
+/// # Errors
+/// [`OfficialError::Pth`] for a file that is not a readable state_dict.
+pub fn read_official_tensors(path: &Path) -> Result<OfficialTensors, OfficialError> {
+    let bytes = std::fs::read(path).map_err(|source| PthError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    official_tensors(&bytes)
+}
+
+/// [`read_official_tensors`] on bytes in memory.
+fn official_tensors(bytes: &[u8]) -> Result<OfficialTensors, OfficialError> {
+    let sd = read_state_dict_bytes(bytes)?;
     let mut out = BTreeMap::new();
     for (key, t) in sd.entries {
         let data = match &t.data {
@@ -122,12 +252,56 @@ pub fn read_official_tensors(path: &Path) -> Result<OfficialTensors, LoadError> 
 }
 
 impl SwappingAutoencoder {
+    /// Loads a checkpoint of either format: a native `.safetensors` file (written by
+    /// [`crate::native::save_native`], `sae convert` or `sae train`) or an official `.pth`
+    /// (`<N>k_checkpoint.pth`). The format is detected by parsing ([`CheckpointFormat::detect`]),
+    /// the configuration comes from the file itself, and D and Dpatch are loaded when present.
+    ///
+    /// ```no_run
+    /// use burn::tensor::Device;
+    /// use sae_model::SwappingAutoencoder;
+    ///
+    /// let device = Device::default();
+    /// let (model, config) = SwappingAutoencoder::load("church_pretrained/latest_checkpoint.pth".as_ref(), &device)?;
+    /// println!("structure code: {} channels", config.encoder.spatial_code_ch);
+    /// # Ok::<(), sae_model::LoadError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A typed error naming the file and what is wrong: unreadable, neither format, damaged
+    /// (a native checksum mismatch), a bad configuration, or tensors that do not fit.
+    pub fn load(path: &Path, device: &Device) -> Result<(Self, ModelConfig), LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        match CheckpointFormat::detect(&bytes) {
+            Some(CheckpointFormat::Native) => {
+                let c = read_native_bytes(&bytes, path, device)?;
+                Ok((c.model, c.config))
+            }
+            Some(CheckpointFormat::Official) => official_tensors(&bytes)
+                .and_then(|t| Self::from_official_tensors(&t, device))
+                .map_err(|source| LoadError::Official {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                }),
+            None => Err(LoadError::UnknownFormat {
+                path: path.to_path_buf(),
+                reason: format!("it starts with {:02x?}", &bytes[..bytes.len().min(8)]),
+            }),
+        }
+    }
+
     /// Loads an official checkpoint (`<N>k_checkpoint.pth`, or any file of the same layout),
     /// building every network from the file's shapes. D and Dpatch are loaded when present.
     ///
     /// # Errors
     /// A typed error naming the file record, key or shapes that are wrong.
-    pub fn load_official(path: &Path, device: &Device) -> Result<(Self, ModelConfig), LoadError> {
+    pub fn load_official(
+        path: &Path,
+        device: &Device,
+    ) -> Result<(Self, ModelConfig), OfficialError> {
         let tensors = read_official_tensors(path)?;
         Self::from_official_tensors(&tensors, device)
     }
@@ -136,10 +310,10 @@ impl SwappingAutoencoder {
     pub fn from_official_tensors(
         tensors: &OfficialTensors,
         device: &Device,
-    ) -> Result<(Self, ModelConfig), LoadError> {
+    ) -> Result<(Self, ModelConfig), OfficialError> {
         let config = ModelConfig::from_official(&shapes(tensors))?;
         let remapped = remap_checkpoint(tensors)?;
-        let model = config.init(device);
+        let model = config.init_lazy(device);
         let empty = BTreeMap::new();
         let params = |net| remapped.nets.get(&net).unwrap_or(&empty);
         let wrap = |net: Net| {
@@ -151,7 +325,7 @@ impl SwappingAutoencoder {
                     | sae_nn::ParamError::Unexpected { key } => key.clone(),
                 };
                 let key = official.get(&(net, path.clone())).cloned().unwrap_or(path);
-                LoadError::Param { net, key, source }
+                OfficialError::Param { net, key, source }
             }
         };
         let e = sae_nn::load_params(model.e, params(Net::E)).map_err(wrap(Net::E))?;

@@ -1,10 +1,14 @@
 //! The native checkpoint format: one safetensors file holding every parameter by path
 //! (`e.…`, `g.…`, `d.…`, `dpatch.…`) and the [`ModelConfig`] as JSON metadata. Saving and
-//! loading round-trip bit-exactly; writes are atomic (temporary file + rename), so a crash never
+//! loading round-trip bit-exactly; writes are atomic ([`crate::atomic`]), so a crash never
 //! leaves a half-written checkpoint behind.
+//!
+//! Every file carries a CRC-32 (`checksum` metadata) over its metadata, tensor names, shapes
+//! and bytes, verified on load: a flipped bit anywhere in the tensors or the configuration is
+//! a [`NativeError::Checksum`], never a silently different model. The configuration is
+//! validated ([`ModelConfig::validate`]) before any network is built.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -12,6 +16,8 @@ use burn::tensor::{Device, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use thiserror::Error;
 
+use crate::atomic::{WriteError, write_atomic};
+use crate::config::ConfigError;
 use crate::model::{ModelConfig, SwappingAutoencoder};
 
 /// The `format` metadata value of files this crate writes.
@@ -24,15 +30,40 @@ pub const EXTRA_PREFIX: &str = "train.";
 #[derive(Debug, Error)]
 pub enum NativeError {
     /// The file system said no.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
+    /// The file could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The stored checksum does not match the contents: the file was damaged after it was
+    /// written.
+    #[error(
+        "{}: checksum mismatch (stored {stored}, computed {computed}): the file is damaged",
+        path.display()
+    )]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The `checksum` metadata (empty when missing).
+        stored: String,
+        /// The CRC-32 of the contents.
+        computed: String,
+    },
+    /// The stored configuration describes no buildable model.
+    #[error("{}: bad `config` metadata: {source}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ConfigError,
+    },
     /// Not a safetensors file, or a truncated one.
-    #[error("{path}: not a readable safetensors file: {reason}")]
+    #[error("{}: not a readable safetensors file: {reason}", path.display())]
     Format {
         /// The file.
         path: PathBuf,
@@ -41,56 +72,21 @@ pub enum NativeError {
     },
     /// A safetensors file that this crate did not write.
     #[error(
-        "{path}: no `{FORMAT}` model metadata (convert official `.pth` files with `sae convert`)"
+        "{}: no `{FORMAT}` model metadata (convert official `.pth` files with `sae convert`)",
+        path.display()
     )]
     NotNative {
         /// The file.
         path: PathBuf,
     },
     /// The tensors do not fit the stored configuration.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Param {
         /// The file.
         path: PathBuf,
         /// What is wrong.
         source: sae_nn::ParamError,
     },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NativeError + '_ {
-    move |source| NativeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// A temporary path next to `path` (same directory, so a rename over `path` is atomic):
-/// `.NAME.tmp-PID-N`. The pid keeps processes apart, the per-process counter concurrent writers
-/// in one process; a leftover never matches a name a reader looks for.
-pub fn temp_sibling(path: &Path) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over the target.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NativeError> {
-    let tmp = temp_sibling(path);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io(path))
 }
 
 fn net_params<M: Module>(prefix: &str, net: &M, out: &mut Vec<(String, TensorData)>) {
@@ -109,7 +105,37 @@ pub fn f32_view_data(view: &TensorView<'_>) -> TensorData {
     TensorData::new(values, view.shape().to_vec())
 }
 
+/// The metadata key of the CRC-32.
+const CHECKSUM_KEY: &str = "checksum";
+
+/// CRC-32 over every metadata entry but the checksum (sorted by key), then every tensor in name
+/// order: name, dtype, shape and bytes. Field separators keep `("ab", "c")` and `("a", "bc")`
+/// apart.
+fn checksum<'a>(
+    meta: &BTreeMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for (k, v) in meta.iter().filter(|(k, _)| k.as_str() != CHECKSUM_KEY) {
+        for part in [k.as_bytes(), b"\0", v.as_bytes(), b"\0"] {
+            h.update(part);
+        }
+    }
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, dtype, shape, bytes) in sorted {
+        h.update(name.as_bytes());
+        h.update(format!("\0{dtype:?}\0{shape:?}\0").as_bytes());
+        h.update(bytes);
+    }
+    format!("crc32:{:08x}", h.finalize())
+}
+
 /// Saves the model and its configuration.
+///
+/// # Errors
+/// [`NativeError::Write`] if the file cannot be written (or the path holds something other than
+/// a regular file).
 pub fn save_native(
     model: &SwappingAutoencoder,
     config: &ModelConfig,
@@ -120,7 +146,10 @@ pub fn save_native(
 
 /// [`save_native`] plus extra tensors (stored as `train.<name>`, e.g. optimizer moments) and
 /// extra metadata entries (e.g. the training counters). The file stays a valid model file:
-/// [`load_native`] ignores the extras, [`read_native_extras`] returns them.
+/// [`load_native`] ignores the extras, [`read_native`] returns them.
+///
+/// # Errors
+/// As [`save_native`].
 pub fn save_native_with_extras(
     model: &SwappingAutoencoder,
     config: &ModelConfig,
@@ -140,6 +169,19 @@ pub fn save_native_with_extras(
     for (name, t) in extra_tensors {
         tensors.push((format!("{EXTRA_PREFIX}{name}"), t.clone().convert::<f32>()));
     }
+    let mut meta = extra_meta.clone();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert(
+        "config".to_string(),
+        serde_json::to_string(config).expect("configs serialise"),
+    );
+    let sum = checksum(
+        &meta,
+        tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), Dtype::F32, t.shape().as_slice(), t.as_bytes())),
+    );
+    meta.insert(CHECKSUM_KEY.to_string(), sum);
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(k, t)| {
@@ -148,58 +190,127 @@ pub fn save_native_with_extras(
             (k.clone(), view)
         })
         .collect();
-    let mut meta: HashMap<String, String> = extra_meta
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    meta.insert("format".to_string(), FORMAT.to_string());
-    meta.insert(
-        "config".to_string(),
-        serde_json::to_string(config).expect("configs serialise"),
-    );
+    let meta: HashMap<String, String> = meta.into_iter().collect();
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| NativeError::Format {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Everything a native file holds.
+#[derive(Debug)]
+pub struct NativeCheckpoint {
+    /// The networks.
+    pub model: SwappingAutoencoder,
+    /// Their configuration.
+    pub config: ModelConfig,
+    /// The extra tensors (without their `train.` prefix), e.g. optimizer moments.
+    pub extra_tensors: BTreeMap<String, TensorData>,
+    /// Every metadata entry (`format`, `config`, `checksum` and the extras).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Whether `bytes` start with a safetensors header (an 8-byte length and a JSON object that
+/// parses). Used to tell the native format from PyTorch's by parsing, not by a magic byte.
+pub fn is_safetensors(bytes: &[u8]) -> bool {
+    SafeTensors::read_metadata(bytes).is_ok()
 }
 
 /// Loads a model saved by [`save_native`].
+///
+/// # Errors
+/// [`NativeError::Io`] for an unreadable file, [`NativeError::Format`] for one that is not
+/// safetensors (truncated, say), [`NativeError::NotNative`] without the format marker,
+/// [`NativeError::Checksum`] for a damaged file, [`NativeError::Config`] for a configuration
+/// that describes no model, [`NativeError::Param`] for tensors that do not fit it.
 pub fn load_native(
     path: &Path,
     device: &Device,
 ) -> Result<(SwappingAutoencoder, ModelConfig), NativeError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
+    let c = read_native(path, device)?;
+    Ok((c.model, c.config))
+}
+
+/// Reads a native file whole: the model, its configuration, the extra tensors and the metadata
+/// (one read of the file).
+///
+/// # Errors
+/// As [`load_native`].
+pub fn read_native(path: &Path, device: &Device) -> Result<NativeCheckpoint, NativeError> {
+    let bytes = std::fs::read(path).map_err(|source| NativeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_native_bytes(&bytes, path, device)
+}
+
+/// [`read_native`] on bytes already in memory (`path` names them in errors).
+///
+/// # Errors
+/// As [`load_native`].
+pub fn read_native_bytes(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<NativeCheckpoint, NativeError> {
     let format_err = |reason: String| NativeError::Format {
         path: path.to_path_buf(),
         reason,
     };
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| format_err(e.to_string()))?;
-    let meta = meta.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format_err(e.to_string()))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if metadata.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(NativeError::NotNative {
             path: path.to_path_buf(),
         });
     }
-    let config: ModelConfig = meta
+    let st = SafeTensors::deserialize(bytes).map_err(|e| format_err(e.to_string()))?;
+    let views = st.tensors();
+    let computed = checksum(
+        &metadata,
+        views
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.dtype(), v.shape(), v.data())),
+    );
+    let stored = metadata.get(CHECKSUM_KEY).cloned().unwrap_or_default();
+    if stored != computed {
+        return Err(NativeError::Checksum {
+            path: path.to_path_buf(),
+            stored,
+            computed,
+        });
+    }
+    let config: ModelConfig = metadata
         .get("config")
         .ok_or_else(|| format_err("no `config` metadata".into()))
         .and_then(|c| {
             serde_json::from_str(c).map_err(|e| format_err(format!("bad config: {e}")))
         })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(e.to_string()))?;
+    config.validate().map_err(|source| NativeError::Config {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut nets: BTreeMap<&str, BTreeMap<String, TensorData>> = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        if name.starts_with(EXTRA_PREFIX) {
-            continue;
-        }
+    let mut extra_tensors = BTreeMap::new();
+    for (name, view) in &views {
         if view.dtype() != Dtype::F32 {
             return Err(format_err(format!(
                 "`{name}` is {:?}, not F32",
                 view.dtype()
             )));
         }
-        let (net, path) = name
+        if let Some(rest) = name.strip_prefix(EXTRA_PREFIX) {
+            extra_tensors.insert(rest.to_string(), f32_view_data(view));
+            continue;
+        }
+        let (net, param) = name
             .split_once('.')
             .ok_or_else(|| format_err(format!("tensor `{name}` has no network prefix")))?;
         let net = match net {
@@ -211,9 +322,16 @@ pub fn load_native(
         };
         nets.entry(net)
             .or_default()
-            .insert(path.to_string(), f32_view_data(&view));
+            .insert(param.to_string(), f32_view_data(view));
     }
-    let model = config.init(device);
+    if (config.discriminator.is_none() && nets.contains_key("d"))
+        || (config.patch_discriminator.is_none() && nets.contains_key("dpatch"))
+    {
+        return Err(format_err(
+            "tensors for a network the configuration does not have".into(),
+        ));
+    }
+    let model = config.init_lazy(device);
     let empty = BTreeMap::new();
     let get = |n| nets.get(n).unwrap_or(&empty);
     let wrap = |source| NativeError::Param {
@@ -230,57 +348,10 @@ pub fn load_native(
         .dpatch
         .map(|p| sae_nn::load_params(p, get("dpatch")).map_err(wrap))
         .transpose()?;
-    if model_has_extra(&nets, d.is_some(), dpatch.is_some()) {
-        return Err(format_err(
-            "tensors for a network the configuration does not have".into(),
-        ));
-    }
-    Ok((SwappingAutoencoder { e, g, d, dpatch }, config))
-}
-
-fn model_has_extra(nets: &BTreeMap<&str, BTreeMap<String, TensorData>>, d: bool, p: bool) -> bool {
-    (!d && nets.contains_key("d")) || (!p && nets.contains_key("dpatch"))
-}
-
-/// Extra tensors by name (without the `train.` prefix) and all metadata entries.
-pub type NativeExtras = (BTreeMap<String, TensorData>, BTreeMap<String, String>);
-
-/// The extra tensors (without their `train.` prefix) and all metadata of a file written by
-/// [`save_native_with_extras`].
-///
-/// # Errors
-/// [`NativeError::Io`], [`NativeError::Format`] for an unreadable or non-F32 file,
-/// [`NativeError::NotNative`] without the format marker.
-pub fn read_native_extras(path: &Path) -> Result<NativeExtras, NativeError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let format_err = |reason: String| NativeError::Format {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| format_err(e.to_string()))?;
-    let meta: BTreeMap<String, String> = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(NativeError::NotNative {
-            path: path.to_path_buf(),
-        });
-    }
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(e.to_string()))?;
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        if let Some(rest) = name.strip_prefix(EXTRA_PREFIX) {
-            if view.dtype() != Dtype::F32 {
-                return Err(format_err(format!(
-                    "`{name}` is {:?}, not F32",
-                    view.dtype()
-                )));
-            }
-            out.insert(rest.to_string(), f32_view_data(&view));
-        }
-    }
-    Ok((out, meta))
+    Ok(NativeCheckpoint {
+        model: SwappingAutoencoder { e, g, d, dpatch },
+        config,
+        extra_tensors,
+        metadata,
+    })
 }

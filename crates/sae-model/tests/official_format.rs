@@ -10,9 +10,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use sae_model::checkpoint::{CheckpointError, OfficialTensors};
 use sae_model::model::read_official_tensors;
 use sae_model::native::f32_view_data;
-use sae_model::pth::PthError;
-use sae_model::{GeneratorNoise, LoadError, SwappingAutoencoder};
+use sae_model::{GeneratorNoise, OfficialError, SwappingAutoencoder};
 use sae_nn::{ParamError, Style, collect_params};
+use sae_pth::PthError;
 use safetensors::SafeTensors;
 
 fn fixture(name: &str) -> PathBuf {
@@ -156,7 +156,7 @@ fn full_official_checkpoint_reproduces_all_four_networks() {
     }
 }
 
-fn load(t: &OfficialTensors) -> Result<(), LoadError> {
+fn load(t: &OfficialTensors) -> Result<(), OfficialError> {
     SwappingAutoencoder::from_official_tensors(t, &Device::default()).map(|_| ())
 }
 
@@ -182,7 +182,7 @@ fn broken_checkpoints_name_what_is_wrong() {
     t.remove("D.stylegan2_D.final_conv.Act.bias");
     let err = load(&t).unwrap_err();
     assert!(
-        matches!(&err, LoadError::Param { source: ParamError::Missing { key, .. }, .. } if key == "final_conv.act.bias"),
+        matches!(&err, OfficialError::Param { source: ParamError::Missing { key, .. }, .. } if key == "final_conv.act.bias"),
         "{err}"
     );
 
@@ -199,7 +199,7 @@ fn broken_checkpoints_name_what_is_wrong() {
     t.insert("G.Mystery.weight".into(), TensorData::new(vec![0f32], [1]));
     assert!(matches!(
         load(&t).unwrap_err(),
-        LoadError::Checkpoint(CheckpointError::UnknownKey { key }) if key == "G.Mystery.weight"
+        OfficialError::Checkpoint(CheckpointError::UnknownKey { key }) if key == "G.Mystery.weight"
     ));
 
     // A blur buffer that is not the FIR kernel the network computes.
@@ -208,7 +208,7 @@ fn broken_checkpoints_name_what_is_wrong() {
     t.insert(key.into(), TensorData::new(vec![0.5f32; 9], [3, 3]));
     assert!(matches!(
         load(&t).unwrap_err(),
-        LoadError::Checkpoint(CheckpointError::KernelMismatch { .. })
+        OfficialError::Checkpoint(CheckpointError::KernelMismatch { .. })
     ));
 
     // Inference needs E and G.
@@ -223,10 +223,10 @@ fn broken_checkpoints_name_what_is_wrong() {
 #[test]
 fn hostile_and_truncated_files_are_rejected() {
     let device = Device::default();
-    let forbidden = fixture("pth/forbidden_global.pth");
+    let forbidden = fixture("../../../sae-pth/tests/fixtures/pth/forbidden_global.pth");
     let err = SwappingAutoencoder::load_official(&forbidden, &device).unwrap_err();
     assert!(
-        matches!(err, LoadError::Pth(PthError::ForbiddenGlobal { .. })),
+        matches!(err, OfficialError::Pth(PthError::ForbiddenGlobal { .. })),
         "{err}"
     );
 
@@ -237,7 +237,7 @@ fn hostile_and_truncated_files_are_rejected() {
     for n in [10, bytes.len() / 3, bytes.len() - 30] {
         std::fs::write(&cut, &bytes[..n]).unwrap();
         let err = SwappingAutoencoder::load_official(&cut, &device).unwrap_err();
-        assert!(matches!(err, LoadError::Pth(_)), "cut at {n}: {err}");
+        assert!(matches!(err, OfficialError::Pth(_)), "cut at {n}: {err}");
     }
     let not_a_checkpoint = dir.join("text.pth");
     std::fs::write(&not_a_checkpoint, b"hello, not a checkpoint").unwrap();

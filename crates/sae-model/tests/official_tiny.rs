@@ -1,4 +1,4 @@
-//! The official implementation's own outputs (`../shared/fixtures/official-tiny`, SAE-SPEC 13):
+//! The official implementation's own outputs (`../shared/fixtures/official-tiny`, run on CPU):
 //! its checkpoint loads from the `.pth` with every width read from the shapes, and E and G
 //! reproduce the codes, the reconstruction, the swap, the interpolation and the spatially varying
 //! texture with the stored fixed noise. The folder lives beside the repository; when it is absent

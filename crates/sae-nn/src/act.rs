@@ -1,4 +1,5 @@
-//! Activations and code normalisation (spec 1.4 and 1.9).
+//! Activations and code normalisation (official `models/networks/stylegan2_op/fused_act.py` and
+//! `util/util.py::normalize`).
 
 use burn::config::Config;
 use burn::module::{Module, Param};

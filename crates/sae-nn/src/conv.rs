@@ -1,4 +1,5 @@
-//! `ConvLayer` and `ResBlock` (spec 1.5, 1.6): the convolutions of E, D and Dpatch.
+//! `ConvLayer` and `ResBlock` (official `models/networks/stylegan2_layers.py`): the convolutions
+//! of E, D and Dpatch.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -96,7 +97,9 @@ pub struct ConvLayer {
     pub conv: EqualConv2d,
     /// Bias + `√2`-leaky-ReLU.
     pub act: Option<FusedLeakyReLU>,
-    /// `√2`-leaky-ReLU without bias (`activate` without `bias`; unused by SAE's networks).
+    /// `√2`-leaky-ReLU without bias: the official `ConvLayer(activate=True, bias=False)`
+    /// (`ScaledLeakyReLU`). SAE's networks do not use it, but it is the official layer's
+    /// behaviour and the parity fixture `conv_layer_k3_act_nobias` checks it.
     pub scaled_act: bool,
 }
 
@@ -152,7 +155,8 @@ impl ConvLayer {
 
     /// The input vector-Jacobian product `gᵀ·∂forward/∂x`, built from ordinary differentiable
     /// ops (activation mask, transposed conv, reversed blur), so that a gradient penalty on it
-    /// can be differentiated with first-order autodiff (exact R1, spec 8.3).
+    /// can be differentiated with first-order autodiff (exact R1, official
+    /// `models/swapping_autoencoder_model.py::compute_R1_loss`).
     ///
     /// # Shapes
     /// - `g`: the forward output's shape; output: the forward input's shape

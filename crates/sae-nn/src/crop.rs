@@ -1,5 +1,5 @@
-//! The patch sampler of the co-occurrence discriminator (spec 9, the official
-//! `util.apply_random_crop`).
+//! The patch sampler of the co-occurrence discriminator (the official
+//! `util/util.py::apply_random_crop`).
 //!
 //! Each image gets `num_crops` axis-aligned crops with independent x/y scales in
 //! `[min_scale, max_scale]` of the side, a random offset and a random horizontal flip, resampled

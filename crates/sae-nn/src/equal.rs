@@ -1,4 +1,4 @@
-//! Equalized learning-rate layers (spec 1.3).
+//! Equalized learning-rate layers (official `models/networks/stylegan2_layers.py`).
 //!
 //! Weights are stored raw (`N(0, 1)` at init) and scaled by `1/√fan_in` on every forward, so
 //! Adam sees the same parameters as the official code and an official checkpoint loads as is.
@@ -106,7 +106,8 @@ impl EqualConv2d {
 
     /// The input vector-Jacobian product of [`EqualConv2d::forward`]: a transposed conv with
     /// the same (scaled) weight, stride and padding, whose output padding restores the input
-    /// size that a strided conv rounded down. Differentiable in the weight, for R1 (spec 8.3).
+    /// size that a strided conv rounded down. Differentiable in the weight, for R1 (official
+    /// `models/swapping_autoencoder_model.py::compute_R1_loss`).
     ///
     /// # Shapes
     /// - `g`: `[batch, out_channels, h_out, w_out]`

@@ -1,4 +1,5 @@
-//! FIR kernels, `upfirdn2d`, and the `Blur` / `Upsample` layers built on them (spec 1.1, 1.2).
+//! FIR kernels, `upfirdn2d`, and the `Blur` / `Upsample` layers built on them (official
+//! `models/networks/stylegan2_op/upfirdn2d.py` and `models/networks/stylegan2_layers.py`).
 
 use burn::config::Config;
 use burn::module::Module;
@@ -234,7 +235,8 @@ impl Blur {
     /// The input vector-Jacobian product of [`Blur::forward`] (zero padding only): the adjoint
     /// of a stride-1 FIR filter is the same filter reversed, with the complementary padding
     /// `k − 1 − pad` on each side (a negative value crops, the adjoint of zero padding). It is
-    /// made of ordinary differentiable ops, so R1 can differentiate through it (spec 8.3).
+    /// made of ordinary differentiable ops, so R1 can differentiate through it (official
+    /// `models/swapping_autoencoder_model.py::compute_R1_loss`).
     ///
     /// # Shapes
     /// - `g`: the shape of the forward output; output: the shape of the forward input

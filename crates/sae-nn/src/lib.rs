@@ -13,7 +13,7 @@
 //! `linear`, `interpolate` and `avg_pool2d` are deliberately not used: `interpolate` has no
 //! bilinear backward on ndarray/WGPU/CUDA and none of the three can be differentiated twice.
 //!
-//! The layer map (spec Part I, section 1):
+//! The layer map (official `models/networks/stylegan2_layers.py` and `stylegan2_op/`):
 //!
 //! | official | here |
 //! |---|---|

@@ -1,5 +1,6 @@
-//! The generator's style-modulated layers (spec 1.7, 1.8, 3): `ModulatedConv2d` with the official
-//! "new demodulation", `StyledConv`, `ToRGB` and `GeneratorModulation`.
+//! The generator's style-modulated layers (official `models/networks/stylegan2_layers.py` and
+//! `models/networks/generator.py`): `ModulatedConv2d` with the official "new demodulation",
+//! `StyledConv`, `ToRGB` and `GeneratorModulation`.
 
 use burn::config::Config;
 use burn::module::{Module, Param};

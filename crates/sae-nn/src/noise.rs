@@ -1,4 +1,5 @@
-//! Per-pixel noise injection (spec 1.8) and the three ways a caller feeds it.
+//! Per-pixel noise injection (official `models/networks/stylegan2_layers.py::NoiseInjection`)
+//! and the three ways a caller feeds it.
 
 use burn::config::Config;
 use burn::module::{Module, Param};

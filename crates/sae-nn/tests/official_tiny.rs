@@ -1,6 +1,7 @@
 //! The primitive-op and crop-sampler cases of the official implementation's own outputs
-//! (`../shared/fixtures/official-tiny`, SAE-SPEC 13). The folder lives beside the repository and
-//! is not shipped with it: when it is absent the test prints why and checks nothing else.
+//! (`../shared/fixtures/official-tiny`, made by running the official code on CPU). The folder
+//! lives beside the repository and is not shipped with it: when it is absent the test prints why
+//! and checks nothing else.
 
 mod common;
 

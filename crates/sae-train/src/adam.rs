@@ -16,7 +16,8 @@ use burn::config::Config;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
-/// Adam's hyper-parameters (the official E+G values by default, spec 8.5).
+/// Adam's hyper-parameters (the official E+G values by default, from
+/// `optimizers/swapping_autoencoder_optimizer.py`).
 #[derive(Config, Debug, PartialEq)]
 pub struct AdamConfig {
     /// Learning rate.
@@ -34,8 +35,9 @@ pub struct AdamConfig {
 }
 
 impl AdamConfig {
-    /// The lazy-regularisation correction of StyleGAN2 (spec 8.5) for an optimizer that also
-    /// takes an R1 step every `every` steps: `lr·c`, `betas^c` with `c = every/(every+1)`.
+    /// The lazy-regularisation correction of StyleGAN2 (as in the official
+    /// `SwappingAutoencoderOptimizer`) for an optimizer that also takes an R1 step every `every`
+    /// steps: `lr·c`, `betas^c` with `c = every/(every+1)`.
     pub fn lazy(&self, every: usize) -> AdamConfig {
         let c = every as f64 / (every as f64 + 1.0);
         AdamConfig {

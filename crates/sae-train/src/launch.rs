@@ -1,19 +1,21 @@
 //! What `sae train` and the training examples share: turning command-line choices into
-//! validated [`TrainOptions`], starting or resuming the run, and Ctrl-C handling.
+//! validated [`TrainOptions`], starting or resuming the run, and stopping cleanly on Ctrl-C,
+//! SIGTERM or SIGHUP.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Device;
 
-use crate::options::{TRAIN_PRESETS, TrainOptions};
-use crate::trainer::{RunEnd, TrainError, Trainer};
+use crate::options::TrainOptions;
+use crate::presets::preset_names;
+use crate::trainer::{RunDir, RunEnd, TrainError, Trainer, validate};
 
 /// The command-line choices of a training run (`sae train`); `None` keeps the preset's value.
 #[derive(Clone, Debug, Default)]
 pub struct TrainArgs {
-    /// A name from [`TRAIN_PRESETS`].
+    /// A name from [`crate::TRAIN_PRESETS`].
     pub preset: Option<String>,
     /// The dataset (folder, `.zip` or LMDB folder).
     pub data: Option<PathBuf>,
@@ -33,6 +35,8 @@ pub struct TrainArgs {
     pub workers: Option<usize>,
     /// Continue the run in `out`.
     pub resume: bool,
+    /// Checkpoint every this many seconds as well (0: only by images).
+    pub checkpoint_every_s: Option<u64>,
 }
 
 fn bad(option: &str, problem: impl Into<String>) -> TrainError {
@@ -47,10 +51,19 @@ fn total_images(args: &TrainArgs, batch: usize) -> Result<Option<u64>, TrainErro
     match (args.steps, args.kimg) {
         (Some(_), Some(_)) => Err(bad("--steps", "give either --steps or --kimg, not both")),
         (Some(0), None) => Err(bad("--steps", "must be positive")),
-        (Some(s), None) => Ok(Some(s * batch as u64)),
+        (Some(s), None) => s.checked_mul(batch as u64).map(Some).ok_or_else(|| {
+            bad(
+                "--steps",
+                format!("{s} steps of {batch} images overflow the image counter"),
+            )
+        }),
         (None, Some(k)) if !(k > 0.0 && k.is_finite()) => {
             Err(bad("--kimg", format!("must be a positive number, got {k}")))
         }
+        (None, Some(k)) if k * 1000.0 >= u64::MAX as f64 => Err(bad(
+            "--kimg",
+            format!("{k} thousand images overflow the image counter"),
+        )),
         (None, Some(k)) => Ok(Some((k * 1000.0).ceil() as u64)),
         (None, None) => Ok(None),
     }
@@ -76,10 +89,7 @@ pub fn resolve_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
     let mut opts = TrainOptions::preset(name, data).ok_or_else(|| {
         bad(
             "--preset",
-            format!(
-                "unknown preset `{name}`; one of {}",
-                TRAIN_PRESETS.join(", ")
-            ),
+            format!("unknown preset `{name}`; one of {}", preset_names()),
         )
     })?;
     if let Some(b) = args.batch {
@@ -104,37 +114,93 @@ pub fn resolve_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
     if let Some(t) = total_images(args, opts.batch_size)? {
         opts.schedule.total_images = t;
     }
-    crate::trainer::validate(&opts)?;
+    if let Some(s) = args.checkpoint_every_s {
+        opts.schedule.checkpoint_every_s = s;
+    }
+    validate(&opts)?;
+    Ok(opts)
+}
+
+/// The options of the run in `args.out` for `--resume`, with the flags given on the command
+/// line checked against them: a flag equal to the run's option is accepted; `--data` may name
+/// the dataset's new location (datasets move between machines), which is written to
+/// `options.json` with a notice; `--workers` and `--checkpoint-every-s` may change (neither
+/// changes what is trained); `--steps`/`--kimg` set a new total length. Any other change is
+/// refused, naming the flag.
+///
+/// # Errors
+/// [`TrainError::Option`] naming a flag that contradicts the run, and errors reading or
+/// writing `options.json`.
+pub fn resume_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
+    let run = RunDir::new(&args.out);
+    let mut opts = run.read_options()?;
+    let differs = |flag: &str, given: String, run_value: String| -> Result<(), TrainError> {
+        if given == run_value {
+            return Ok(());
+        }
+        Err(bad(
+            flag,
+            format!(
+                "{given} differs from the run's {run_value}; options.json decides it on \
+                 --resume (start a new run with another --out to change it)"
+            ),
+        ))
+    };
+    if let Some(p) = &args.preset {
+        differs("--preset", p.clone(), opts.preset.clone())?;
+    }
+    if let Some(b) = args.batch {
+        differs("--batch", b.to_string(), opts.batch_size.to_string())?;
+    }
+    if let Some(n) = args.num_gpus {
+        differs(
+            "--num-gpus",
+            n.to_string(),
+            opts.losses.num_gpus.to_string(),
+        )?;
+    }
+    if let Some(s) = args.seed {
+        differs("--seed", s.to_string(), opts.seed.to_string())?;
+    }
+    let mut rewrite = false;
+    if let Some(w) = args.workers {
+        rewrite |= opts.data.workers != w;
+        opts.data.workers = w;
+    }
+    if let Some(s) = args.checkpoint_every_s {
+        rewrite |= opts.schedule.checkpoint_every_s != s;
+        opts.schedule.checkpoint_every_s = s;
+    }
+    if let Some(data) = &args.data
+        && data != &opts.data.path
+    {
+        if !data.exists() {
+            return Err(bad("--data", format!("{} does not exist", data.display())));
+        }
+        eprintln!(
+            "notice: the dataset moved from {} to {}; options.json now names the new place",
+            opts.data.path.display(),
+            data.display()
+        );
+        opts.data.path = data.clone();
+        rewrite = true;
+    }
+    if rewrite {
+        validate(&opts)?;
+        run.write_options(&opts)?;
+    }
     Ok(opts)
 }
 
 /// Starts (or with `args.resume`, continues) a run and trains until its end or until `stop`.
 ///
-/// On `--resume` only `--steps`/`--kimg` (a new total length) may be given besides `--out`;
-/// every other choice comes from the run's `options.json`.
-///
 /// # Errors
 /// Invalid flags, data, checkpoint or I/O errors, a non-finite loss.
 pub fn launch(args: &TrainArgs, device: &Device, stop: &AtomicBool) -> Result<RunEnd, TrainError> {
     let mut trainer = if args.resume {
-        for (flag, given) in [
-            ("--preset", args.preset.is_some()),
-            ("--data", args.data.is_some()),
-            ("--batch", args.batch.is_some()),
-            ("--num-gpus", args.num_gpus.is_some()),
-            ("--seed", args.seed.is_some()),
-            ("--workers", args.workers.is_some()),
-        ] {
-            if given {
-                return Err(bad(
-                    flag,
-                    "cannot change on --resume (the run's options.json decides it)",
-                ));
-            }
-        }
-        let batch = read_batch(&args.out)?;
-        let total = total_images(args, batch)?;
-        let t = Trainer::resume(&args.out, device, total)?;
+        let opts = resume_options(args)?;
+        let total = total_images(args, opts.batch_size)?;
+        let t = Trainer::resume_with(opts, &args.out, device, total)?;
         eprintln!(
             "resuming {} at {} images ({} optimizer calls)",
             args.out.display(),
@@ -170,25 +236,13 @@ pub fn launch(args: &TrainArgs, device: &Device, stop: &AtomicBool) -> Result<Ru
     Ok(end)
 }
 
-fn read_batch(run_dir: &Path) -> Result<usize, TrainError> {
-    let path = run_dir.join("options.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::RunDir {
-        dir: run_dir.to_path_buf(),
-        problem: format!("no run to resume (options.json: {e})"),
-    })?;
-    let opts: TrainOptions = serde_json::from_str(&text).map_err(|e| TrainError::BadRunFile {
-        path,
-        problem: e.to_string(),
-    })?;
-    Ok(opts.batch_size)
-}
-
-/// A flag raised by the first Ctrl-C (SIGINT): the trainer finishes its step, writes a
-/// checkpoint and returns. A second Ctrl-C exits at once.
+/// A flag raised by the first Ctrl-C (SIGINT), SIGTERM (a scheduler stopping the job) or
+/// SIGHUP (a closed terminal): the trainer finishes its step, writes a checkpoint and returns.
+/// A second signal exits at once.
 ///
 /// # Errors
 /// If a handler is already installed by someone else.
-pub fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>, ctrlc::Error> {
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>, ctrlc::Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -197,7 +251,7 @@ pub fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>, ctrlc::Error> {
             std::process::exit(130);
         }
         eprintln!(
-            "\ninterrupt: finishing the step and writing a checkpoint (Ctrl-C again to quit now)"
+            "\nstop requested: finishing the step and writing a checkpoint (Ctrl-C again to quit now)"
         );
     })?;
     Ok(stop)

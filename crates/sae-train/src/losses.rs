@@ -1,5 +1,6 @@
-//! The official losses (spec 8.1–8.4): the discriminator step, the lazy R1 step and the
-//! generator step, with the official weights, the pairwise swap and the per-GPU chunking.
+//! The official losses (`models/swapping_autoencoder_model.py`): the discriminator step, the lazy
+//! R1 step and the generator step, with the official weights, the pairwise swap and the per-GPU
+//! chunking.
 //!
 //! Every term is a mean over its own sample set, already multiplied by its weight; the step's
 //! loss is the sum of its terms (the official optimizer's `sum(v.mean() for v in losses)`).
@@ -14,7 +15,7 @@ use sae_model::{Codes, Discriminator, Encoder, Generator, GeneratorNoise, PatchD
 use sae_nn::{CropDraws, CropError, NoiseRng, PatchSampler, Style};
 use serde::{Deserialize, Serialize};
 
-/// The loss weights and batch semantics of spec 8, with the official defaults.
+/// The official loss weights and batch semantics (see `docs/training.md`), with their defaults.
 #[derive(Config, Debug, PartialEq)]
 pub struct LossConfig {
     /// `lambda_L1`: the reconstruction L1.
@@ -41,8 +42,9 @@ pub struct LossConfig {
     #[config(default = true)]
     pub patch_use_aggregation: bool,
     /// The official run's GPU count. The batch is split into this many contiguous chunks and
-    /// each chunk swaps and reconstructs on its own, as under `nn.DataParallel` (spec 8.1): with
-    /// 4 chunks of 4, images 0, 1, 4, 5, 8, 9, 12, 13 are reconstructed.
+    /// each chunk swaps and reconstructs on its own, as under the official `nn.DataParallel`
+    /// (see `docs/training.md`): with 4 chunks of 4, images 0, 1, 4, 5, 8, 9, 12, 13 are
+    /// reconstructed.
     #[config(default = 1)]
     pub num_gpus: usize,
 }
@@ -218,8 +220,8 @@ fn crops(
     Ok(sampler.apply(x, &draws)?)
 }
 
-/// The discriminator step (spec 8.2). E and G run frozen; the result's total trains D and
-/// Dpatch.
+/// The discriminator step (official `compute_discriminator_losses`). E and G run frozen; the
+/// result's total trains D and Dpatch.
 ///
 /// # Errors
 /// [`LossError::OddBatch`] for a batch that does not split into even chunks.
@@ -261,7 +263,7 @@ pub fn discriminator_losses(
     })
 }
 
-/// The lazy R1 step (spec 8.3): `D_R1 = k·mean_b(λ_R1/2 · ‖∂ΣD/∂x‖²)` and
+/// The lazy R1 step (official `compute_R1_loss`): `D_R1 = k·mean_b(λ_R1/2 · ‖∂ΣD/∂x‖²)` and
 /// `PatchD_R1 = k·mean_b(λ_patch_R1/4 · (‖∂p/∂ref‖² + ‖∂p/∂tgt‖²))` on fresh crops of `real`,
 /// both exact: the input gradients are the hand-written VJPs of
 /// [`Discriminator::input_gradient`] and [`PatchDiscriminator::input_gradients`], so the
@@ -293,8 +295,8 @@ pub fn r1_losses(
     })
 }
 
-/// The generator step (spec 8.4). D and Dpatch run frozen (gradients flow through them to E
-/// and G only); the result's total trains E and G.
+/// The generator step (official `compute_generator_losses`). D and Dpatch run frozen (gradients
+/// flow through them to E and G only); the result's total trains E and G.
 ///
 /// # Errors
 /// [`LossError::OddBatch`] for a batch that does not split into even chunks.

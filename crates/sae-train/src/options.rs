@@ -1,24 +1,27 @@
-//! The resolved training options (written to `options.json` in the run directory) and the
-//! training presets: the official launchers (spec 6) plus `tiny`.
+//! The resolved training options (written to `options.json` in the run directory), built from a
+//! row of the preset table ([`crate::presets`]) and the command line.
 
 use std::path::PathBuf;
 
+use sae_data::{DataError, Preprocessing, TrainTransform};
 use sae_model::{
-    DiscriminatorConfig, ModelConfig, PatchDiscriminatorConfig, Preset, SwappingAutoencoderConfig,
+    DiscriminatorConfig, ModelConfig, PatchDiscriminatorConfig, SwappingAutoencoderConfig,
 };
 use sae_nn::PatchSamplerConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::adam::AdamConfig;
 use crate::losses::LossConfig;
+use crate::presets::{PresetNetworks, TrainPreset, find_preset};
+use crate::trainer::TrainError;
 
-/// Where the images come from and how they are prepared (spec 10.5).
+/// Where the images come from and how they are prepared (`data/base_dataset.py::get_transform`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataOptions {
     /// An image folder, a `.zip` of images, or an LMDB folder (holding `data.mdb`).
     pub path: PathBuf,
-    /// The official `--preprocess` string, e.g. `scale_shortside_and_crop`.
-    pub preprocess: String,
+    /// The official `--preprocess`, e.g. `scale_shortside_and_crop` (stored as that string).
+    pub preprocess: Preprocessing,
     /// `--load_size`.
     pub load_size: usize,
     /// `--crop_size` (also D's input size).
@@ -46,6 +49,17 @@ pub struct ScheduleOptions {
     pub checkpoint_every: u64,
     /// Checkpoints kept (older ones are deleted).
     pub keep_checkpoints: usize,
+    /// Also checkpoint when this many seconds have passed since the last checkpoint (0: only
+    /// by images), so that a crash loses at most this much work however slow the steps are.
+    #[serde(default = "default_checkpoint_every_s")]
+    pub checkpoint_every_s: u64,
+}
+
+/// Ten minutes: a crash of a long run loses at most that much training.
+pub const DEFAULT_CHECKPOINT_EVERY_S: u64 = 600;
+
+fn default_checkpoint_every_s() -> u64 {
+    DEFAULT_CHECKPOINT_EVERY_S
 }
 
 /// Everything that defines a training run.
@@ -71,23 +85,6 @@ pub struct TrainOptions {
     pub schedule: ScheduleOptions,
 }
 
-/// The training presets' names, in `--help` order.
-pub const TRAIN_PRESETS: [&str; 10] = [
-    "tiny",
-    "quickstart",
-    "church256",
-    "bedroom256",
-    "ffhq512",
-    "ffhq1024",
-    "ffhq1024-small-structure",
-    "mountain512",
-    "afhq256",
-    "default",
-];
-
-/// Official images per run (spec 8.5).
-pub const OFFICIAL_TOTAL_IMAGES: u64 = 25_000_000;
-
 /// A small configuration for tests: 64-px images, an 8×8×8 structure code, a 128-d texture
 /// code, 32-px patches and narrow networks (about 0.6 M parameters in all).
 pub fn tiny_model() -> ModelConfig {
@@ -109,7 +106,7 @@ pub fn quickstart_model() -> ModelConfig {
 /// `size`-px images, an 8×8 structure code of `spatial_code_ch` channels, a 128-d texture code,
 /// `size / 2`-px patches; D and Dpatch have 16 channels after `from_rgb` and 32 in every block
 /// down to 4×4.
-fn small_model(size: usize, spatial_code_ch: usize) -> ModelConfig {
+pub fn small_model(size: usize, spatial_code_ch: usize) -> ModelConfig {
     let levels = |side: usize| (side / 4).trailing_zeros() as usize;
     let widths = |side: usize| {
         let mut c = vec![16];
@@ -135,124 +132,165 @@ fn small_model(size: usize, spatial_code_ch: usize) -> ModelConfig {
 }
 
 impl TrainOptions {
-    /// The options of a training preset (see [`TRAIN_PRESETS`]) on the data at `path`, or
-    /// `None` for an unknown name.
-    ///
-    /// The official presets follow their `_default` launchers (spec 6): batch, GPU count (as
-    /// chunks), preprocessing and loss options; `church256` and `bedroom256` train without
-    /// patch aggregation as `church_default` / `bedroom_default` do.
+    /// The options of the training preset `name` (see [`crate::TRAIN_PRESETS`]) on the data at `path`,
+    /// or `None` for an unknown name.
     pub fn preset(name: &str, path: PathBuf) -> Option<TrainOptions> {
-        let official = |p: Preset,
-                        batch: usize,
-                        gpus: usize,
-                        pre: &str,
-                        load: usize,
-                        crop: usize,
-                        aggregation: bool,
-                        patch_r1: f64| {
-            let cfg = p.config();
-            TrainOptions {
-                preset: name.to_string(),
-                model: ModelConfig::from(&cfg),
-                losses: LossConfig::new()
-                    .with_num_gpus(gpus)
-                    .with_patch_use_aggregation(aggregation)
-                    .with_lambda_patch_r1(patch_r1),
-                adam: AdamConfig::new(),
-                patch: PatchSamplerConfig::new().with_patch_size(cfg.patch_size),
-                batch_size: batch,
-                seed: 0,
-                data: DataOptions {
-                    path: path.clone(),
-                    preprocess: pre.to_string(),
-                    load_size: load,
-                    crop_size: crop,
-                    flip: true,
-                    workers: 2,
-                    prefetch: 2,
-                },
-                schedule: ScheduleOptions {
-                    total_images: OFFICIAL_TOTAL_IMAGES,
-                    log_every: 480,
-                    snapshot_every: 50_000,
-                    checkpoint_every: 50_000,
-                    keep_checkpoints: 3,
-                },
-            }
-        };
-        // Our small CPU presets: the default launcher's losses at `size` px, batch 8, one
-        // loader worker, half-size patches, snapshots and checkpoints every 4000 images.
-        let small = |model: ModelConfig,
-                     size: usize,
-                     total_images: u64,
-                     log_every: u64,
-                     keep_checkpoints: usize| {
-            let mut o = official(Preset::Default, 8, 1, "resize", size, size, true, 1.0);
-            o.model = model;
-            o.patch = PatchSamplerConfig::new().with_patch_size(size / 2);
-            o.data.workers = 1;
-            o.schedule = ScheduleOptions {
-                total_images,
-                log_every,
-                snapshot_every: 4_000,
-                checkpoint_every: 4_000,
-                keep_checkpoints,
-            };
-            o
-        };
-        let shortside = "scale_shortside_and_crop";
-        let opts = match name {
-            "church256" => official(Preset::Church256, 16, 4, shortside, 256, 256, false, 1.0),
-            "bedroom256" => official(Preset::Bedroom256, 32, 8, shortside, 256, 256, false, 1.0),
-            "ffhq512" => official(Preset::Ffhq512, 16, 8, "resize", 512, 512, true, 1.0),
-            "ffhq1024" => official(
-                Preset::Ffhq1024,
-                16,
-                8,
-                "resize_and_crop",
-                1024,
-                768,
-                true,
-                1.0,
-            ),
-            "ffhq1024-small-structure" => official(
-                Preset::Ffhq1024SmallStructure,
-                16,
-                8,
-                "resize_and_crop",
-                1024,
-                768,
-                true,
-                1.0,
-            ),
-            "mountain512" => official(Preset::Mountain512, 16, 8, shortside, 512, 512, true, 10.0),
-            "afhq256" => official(Preset::Afhq256, 32, 8, "resize", 256, 256, true, 1.0),
-            "default" => official(
-                Preset::Default,
-                16,
-                1,
-                "scale_width_and_crop",
-                256,
-                256,
-                true,
-                1.0,
-            ),
-            "tiny" => small(tiny_model(), 64, 20_000, 256, 3),
-            "quickstart" => {
-                // Not an official recipe: what made structure and texture separate within a
-                // few CPU minutes (see `quickstart_model`). The reconstruction term is 10× the
-                // official weight, so that the autoencoder reconstructs within a few hundred
-                // steps; the co-occurrence terms (both Dpatch's and G's, as `lambda_PatchGAN`
-                // scales both) are 5×, so that the colours still move into the texture code
-                // instead of riding along with the layout; the learning rate is 5× (0.01), which
-                // gave the clearest grids in 1500 calls among 0.002, 0.004, 0.005 and 0.01.
-                let mut o = small(quickstart_model(), 32, 12_000, 400, 2);
-                o.losses = o.losses.with_lambda_l1(10.0).with_lambda_patch_gan(5.0);
-                o.adam = o.adam.with_lr(0.01);
-                o
-            }
-            _ => return None,
-        };
-        Some(opts)
+        find_preset(name).map(|p| Self::from_preset(p, path))
     }
+
+    /// The options of a preset row on the data at `path`.
+    pub fn from_preset(p: &TrainPreset, path: PathBuf) -> TrainOptions {
+        let (model, patch_size) = match p.networks {
+            PresetNetworks::Official(preset) => {
+                let cfg = preset.config();
+                (ModelConfig::from(&cfg), cfg.patch_size)
+            }
+            PresetNetworks::Small {
+                size,
+                spatial_code_ch,
+            } => (small_model(size, spatial_code_ch), size / 2),
+        };
+        TrainOptions {
+            preset: p.name.to_string(),
+            model,
+            losses: LossConfig::new()
+                .with_num_gpus(p.num_gpus)
+                .with_patch_use_aggregation(p.patch_use_aggregation)
+                .with_lambda_l1(p.lambda_l1)
+                .with_lambda_patch_gan(p.lambda_patch_gan)
+                .with_lambda_patch_r1(p.lambda_patch_r1),
+            adam: AdamConfig::new().with_lr(p.lr),
+            patch: PatchSamplerConfig::new().with_patch_size(p.patch_size.unwrap_or(patch_size)),
+            batch_size: p.batch_size,
+            seed: 0,
+            data: DataOptions {
+                path,
+                preprocess: p.preprocess,
+                load_size: p.load_size,
+                crop_size: p.crop_size,
+                flip: true,
+                workers: p.workers,
+                prefetch: 2,
+            },
+            schedule: ScheduleOptions {
+                total_images: p.total_images,
+                log_every: p.log_every,
+                snapshot_every: p.snapshot_every,
+                checkpoint_every: p.checkpoint_every,
+                keep_checkpoints: p.keep_checkpoints,
+                checkpoint_every_s: DEFAULT_CHECKPOINT_EVERY_S,
+            },
+        }
+    }
+}
+
+impl DataOptions {
+    /// The training transform these options describe.
+    ///
+    /// # Errors
+    /// [`DataError::BadConfig`] if a size the preprocessing uses is zero.
+    pub fn transform(&self) -> Result<TrainTransform, DataError> {
+        TrainTransform::from_preprocessing(
+            self.preprocess,
+            self.load_size,
+            self.crop_size,
+            self.flip,
+        )
+    }
+}
+
+/// Validates options before anything is created, naming the command-line flag (or the
+/// `options.json` field) at fault.
+///
+/// # Errors
+/// [`TrainError::Option`] naming the flag or field.
+pub fn validate(opts: &TrainOptions) -> Result<(), TrainError> {
+    let bad = |option: &str, problem: String| {
+        Err(TrainError::Option {
+            option: option.to_string(),
+            problem,
+        })
+    };
+    let b = opts.batch_size;
+    if b == 0 || !b.is_multiple_of(2) {
+        return bad(
+            "--batch",
+            format!("must be even and positive (swap pairs neighbours), got {b}"),
+        );
+    }
+    if opts.losses.num_gpus == 0 || opts.losses.check_batch(b).is_err() {
+        return bad(
+            "--num-gpus",
+            format!(
+                "{} chunks of a batch of {b}: each chunk must hold an even number of images",
+                opts.losses.num_gpus
+            ),
+        );
+    }
+    if opts.losses.r1_once_every == 0 {
+        return bad("r1_once_every", "must be at least 1".into());
+    }
+    if opts.schedule.total_images == 0 {
+        return bad(
+            "--steps/--kimg",
+            "the run must train at least one step".into(),
+        );
+    }
+    for (name, v) in [
+        ("log_every", opts.schedule.log_every),
+        ("snapshot_every", opts.schedule.snapshot_every),
+        ("checkpoint_every", opts.schedule.checkpoint_every),
+    ] {
+        if v == 0 {
+            return bad(name, "must be positive".into());
+        }
+    }
+    if opts.schedule.keep_checkpoints == 0 {
+        return bad("keep_checkpoints", "must keep at least one".into());
+    }
+    if opts.data.workers == 0 {
+        return bad("--workers", "needs at least one worker".into());
+    }
+    let Some(d) = opts.model.discriminator.as_ref() else {
+        return bad(
+            "model",
+            "training needs a discriminator configuration".into(),
+        );
+    };
+    if opts.model.patch_discriminator.is_none() {
+        return bad(
+            "model",
+            "training needs a patch discriminator configuration".into(),
+        );
+    }
+    let expected = d.input_size();
+    if opts.data.crop_size != expected {
+        return bad(
+            "crop_size",
+            format!(
+                "the discriminator takes {expected}-px images, the data gives {}",
+                opts.data.crop_size
+            ),
+        );
+    }
+    let smallest = opts.model.encoder.min_input_size();
+    if opts.data.crop_size < smallest {
+        return bad(
+            "crop_size",
+            format!(
+                "the encoder's texture branch needs images of at least {smallest} px, the data \
+                 gives {}",
+                opts.data.crop_size
+            ),
+        );
+    }
+    if let Err(e) = opts.model.validate() {
+        return bad(&format!("model.{}", e.field), e.problem);
+    }
+    opts.patch.init().map_err(|e| TrainError::Option {
+        option: "patch".into(),
+        problem: e.to_string(),
+    })?;
+    opts.data.transform()?;
+    Ok(())
 }

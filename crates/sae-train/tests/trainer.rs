@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use burn::tensor::Device;
+use sae_data::write_synthetic_folder;
 use sae_model::config::SwappingAutoencoderConfig;
 use sae_nn::collect_params;
-use sae_train::data::write_synthetic_folder;
 use sae_train::trainer::{list_checkpoints, validate};
 use sae_train::{RunEnd, TrainArgs, TrainError, TrainOptions, Trainer, resolve_options};
 

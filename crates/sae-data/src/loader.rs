@@ -1,4 +1,5 @@
-//! The multi-threaded, deterministic, resumable batch loader (SAE-SPEC 10.1).
+//! The multi-threaded, deterministic, resumable batch loader (official
+//! `data/__init__.py::ConfigurableDataLoader`).
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -207,8 +208,8 @@ enum Source {
     },
 }
 
-/// Loads shuffled, transformed batches forever, epoch after epoch (SAE-SPEC 10.1: shuffle,
-/// `drop_last`, re-iterated at each epoch's end).
+/// Loads shuffled, transformed batches forever, epoch after epoch (as the official
+/// `ConfigurableDataLoader`: shuffle, `drop_last`, re-iterated at each epoch's end).
 ///
 /// - **Order.** Epoch `e` visits the images in a permutation seeded by `(seed, e)`. Batches
 ///   take the next readable images in that order; an incomplete batch at an epoch's end is

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
+use sae_data::{Augment, CropMode, TrainTransform};
 use sae_model::image_io::{ImageTensor, RgbImage, load_rgb};
-use sae_train::data::{Augment, CropMode, TrainTransform};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -1,4 +1,5 @@
-//! LMDB databases in the LSUN layout (SAE-SPEC 10.2), behind the `lmdb` feature.
+//! LMDB databases in the LSUN layout (official `data/lmdb_dataset.py::LMDBDataset`), behind the
+//! `lmdb` feature.
 
 use std::fs;
 use std::io::Write;

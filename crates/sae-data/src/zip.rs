@@ -1,14 +1,12 @@
 //! Zip archives read in place, and conversion of any dataset to a zip.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use image::ImageEncoder as _;
 use image::ImageFormat;
-use sae_model::image_io::RgbImage;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
@@ -211,29 +209,11 @@ impl Dataset for ZipDataset {
 /// [`DataError::Empty`] if no entry could be written, and the read errors of `src`
 /// (a conversion does not silently drop unreadable data).
 pub fn convert_to_zip(src: &dyn Dataset, out: &Path) -> Result<usize, DataError> {
-    if out.file_name().is_none() {
-        return Err(DataError::Zip {
-            path: out.to_path_buf(),
-            reason: "the output path has no file name".to_string(),
-        });
-    }
-    let tmp = sae_model::native::temp_sibling(out);
-    let result = write_zip(src, &tmp, out).and_then(|count| {
-        fs::rename(&tmp, out).map_err(|source| DataError::Io {
-            path: out.to_path_buf(),
-            source,
-        })?;
-        Ok(count)
-    });
-    if result.is_err() {
-        // Best effort: the original error matters more than a failed cleanup.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    sae_model::atomic::write_atomic_with(out, |file| write_zip(src, file, out))
 }
 
-/// The body of [`convert_to_zip`]: writes the archive to `tmp` (errors name `out`).
-fn write_zip(src: &dyn Dataset, tmp: &Path, out: &Path) -> Result<usize, DataError> {
+/// The body of [`convert_to_zip`]: writes the archive into `file` (errors name `out`).
+fn write_zip(src: &dyn Dataset, file: &mut File, out: &Path) -> Result<usize, DataError> {
     let io_err = |source| DataError::Io {
         path: out.to_path_buf(),
         source,
@@ -242,7 +222,6 @@ fn write_zip(src: &dyn Dataset, tmp: &Path, out: &Path) -> Result<usize, DataErr
         path: out.to_path_buf(),
         reason: e.to_string(),
     };
-    let file = File::create(tmp).map_err(io_err)?;
     let mut zip = ZipWriter::new(BufWriter::new(file));
     let options = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Stored)
@@ -263,9 +242,11 @@ fn write_zip(src: &dyn Dataset, tmp: &Path, out: &Path) -> Result<usize, DataErr
         if src.swaps_red_blue() {
             // `decode` undoes the swap; the bytes are read a second time, which only this
             // rare layout pays.
-            bytes = encode_png(&src.decode(index)?).map_err(|e| DataError::Zip {
-                path: out.to_path_buf(),
-                reason: format!("cannot encode PNG: {e}"),
+            bytes = sae_model::image_io::encode_png(&src.decode(index)?).map_err(|e| {
+                DataError::Zip {
+                    path: out.to_path_buf(),
+                    reason: format!("cannot encode PNG: {e}"),
+                }
             })?;
             ext = "png";
         }
@@ -279,23 +260,9 @@ fn write_zip(src: &dyn Dataset, tmp: &Path, out: &Path) -> Result<usize, DataErr
             path: out.to_path_buf(),
         });
     }
-    let mut writer = zip.finish().map_err(zip_err)?;
-    writer.flush().map_err(io_err)?;
-    // On disk before the rename, so that a crash cannot leave a renamed but empty archive.
-    writer.get_ref().sync_all().map_err(io_err)?;
+    // The atomic writer syncs the file before renaming it over `out`.
+    zip.finish().map_err(zip_err)?.flush().map_err(io_err)?;
     Ok(count)
-}
-
-/// PNG bytes of `img` (the one PNG encoder of the data module).
-pub(super) fn encode_png(img: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
-    let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut bytes).write_image(
-        img.as_raw(),
-        img.width(),
-        img.height(),
-        image::ExtendedColorType::Rgb8,
-    )?;
-    Ok(bytes)
 }
 
 /// The sanitised entry name of `key`, with `ext` appended unless the key already ends in an

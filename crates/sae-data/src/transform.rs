@@ -1,4 +1,4 @@
-//! The training transform of SAE-SPEC 10.5 (`data/base_dataset.py::get_transform` with
+//! The official training transform (`data/base_dataset.py::get_transform` with
 //! `isTrain=True`).
 
 use std::borrow::Cow;
@@ -8,26 +8,12 @@ use std::str::FromStr;
 use image::imageops::{self, FilterType};
 use rand::Rng;
 use sae_model::image_io::{
-    ImageTensor, Preprocess, RgbImage, make_power_2_side, normalize_u8, preprocess_dims,
-    resize_like_pil,
+    ImageTensor, Preprocess, ResizeMode, RgbImage, make_power_2_side, normalize_u8,
+    preprocess_dims, resize_like_pil,
 };
 use serde::{Deserialize, Serialize};
 
 use super::DataError;
-
-/// The resize step of a `preprocess` string (at most one; the official code tests `resize`,
-/// then `scale_width`, then `scale_shortside`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ResizeMode {
-    /// No resize.
-    None,
-    /// `resize`: squash to `load_size × load_size`.
-    Resize,
-    /// `scale_width`: width to `load_size`, height `int(load_size·h/w)`.
-    ScaleWidth,
-    /// `scale_shortside`: short side to `load_size`, the other `round(side·scale)`.
-    ScaleShortside,
-}
 
 /// The crop step of a `preprocess` string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,12 +66,7 @@ impl FromStr for Preprocessing {
             ));
         }
         for step in value.split("_and_") {
-            let resize = match step {
-                "resize" => Some(ResizeMode::Resize),
-                "scale_width" => Some(ResizeMode::ScaleWidth),
-                "scale_shortside" => Some(ResizeMode::ScaleShortside),
-                _ => None,
-            };
+            let resize = ResizeMode::from_step_name(step);
             let crop = match step {
                 "crop" => Some(CropMode::Random),
                 "centercrop" => Some(CropMode::Center),
@@ -129,12 +110,7 @@ impl FromStr for Preprocessing {
 
 impl fmt::Display for Preprocessing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let resize = match self.resize {
-            ResizeMode::None => None,
-            ResizeMode::Resize => Some("resize"),
-            ResizeMode::ScaleWidth => Some("scale_width"),
-            ResizeMode::ScaleShortside => Some("scale_shortside"),
-        };
+        let resize = self.resize.step_name();
         let crop = match self.crop {
             CropMode::None => None,
             CropMode::Random => Some("crop"),
@@ -175,7 +151,7 @@ pub struct Augment {
     pub flip: bool,
 }
 
-/// The training transform of SAE-SPEC 10.5, in the official order:
+/// The training transform of the official `get_transform`, in the official order:
 ///
 /// 1. the `preprocess` resize to `load_size` (PIL bicubic);
 /// 2. the random `crop_size` crop (no padding) or the centre square crop;
@@ -185,7 +161,7 @@ pub struct Augment {
 ///
 /// Resampling is [`sae_model::image_io`]'s PIL-exact two-pass bicubic, and the image goes
 /// through 8 bits between steps as with PIL, so the output matches torchvision's pipeline on
-/// the fixtures of `tests/data_transforms.rs`.
+/// the fixtures of `tests/transforms.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrainTransform {
     /// The resize and crop steps.
@@ -211,8 +187,22 @@ impl TrainTransform {
         crop_size: usize,
         flip: bool,
     ) -> Result<Self, DataError> {
+        Self::from_preprocessing(preprocess.parse()?, load_size, crop_size, flip)
+    }
+
+    /// [`TrainTransform::new`] with a parsed `preprocess`.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::BadConfig`] if a used size is zero.
+    pub fn from_preprocessing(
+        preprocess: Preprocessing,
+        load_size: usize,
+        crop_size: usize,
+        flip: bool,
+    ) -> Result<Self, DataError> {
         let t = Self {
-            preprocess: preprocess.parse()?,
+            preprocess,
             load_size,
             crop_size,
             flip,
@@ -242,11 +232,9 @@ impl TrainTransform {
 
     /// The image_io resize of the `preprocess` step.
     fn resize_step(&self) -> Preprocess {
-        match self.preprocess.resize {
-            ResizeMode::None => Preprocess::None,
-            ResizeMode::Resize => Preprocess::Resize(self.load_size),
-            ResizeMode::ScaleWidth => Preprocess::ScaleWidth(self.load_size),
-            ResizeMode::ScaleShortside => Preprocess::ScaleShortside(self.load_size),
+        Preprocess {
+            resize: self.preprocess.resize,
+            load_size: self.load_size,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The training data pipeline (SAE-SPEC 10): datasets, the training transform and a
+//! The training data pipeline (official `data/`): datasets, the training transform and a
 //! multi-threaded, resumable, deterministic loader.
 //!
 //! - [`Dataset`] is one interface over the storage layouts of the official code:
@@ -23,15 +23,18 @@ mod error;
 #[cfg(feature = "lmdb")]
 mod lmdb;
 mod loader;
+mod open;
 mod synthetic;
 mod transform;
 mod zip;
 
-pub use dataset::{Dataset, IMAGE_EXTENSIONS, ImageFolder, MAX_ENCODED_BYTES, open_dataset};
+pub use dataset::{Dataset, IMAGE_EXTENSIONS, ImageFolder, MAX_ENCODED_BYTES};
 pub use error::DataError;
 #[cfg(feature = "lmdb")]
 pub use lmdb::{KEY_CACHE_FILE, LmdbDataset};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, sample_seed};
+pub use open::open_dataset;
+pub use sae_model::image_io::ResizeMode;
 pub use synthetic::{SwapScore, SyntheticShapes, SyntheticStyle, write_synthetic_folder};
-pub use transform::{Augment, CropMode, Preprocessing, ResizeMode, TrainTransform};
+pub use transform::{Augment, CropMode, Preprocessing, TrainTransform};
 pub use zip::{ZipDataset, convert_to_zip};

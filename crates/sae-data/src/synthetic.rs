@@ -7,13 +7,12 @@ use std::path::Path;
 use image::Rgb;
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
-use sae_model::image_io::{RgbImage, save_rgb8};
+use sae_model::image_io::{RgbImage, encode_png, save_rgb_png};
 
 use super::DataError;
 use super::dataset::Dataset;
 use super::loader::mix;
 use super::transform::below;
-use super::zip::encode_png;
 
 /// Domain tags that keep the structure and texture streams of one image independent.
 const STRUCTURE_DOMAIN: u64 = 0x5354_5255_4354; // "STRUCT"
@@ -434,7 +433,7 @@ impl SyntheticShapes {
             source,
         })?;
         for index in 0..self.count {
-            save_rgb8(&self.render(index), &dir.join(self.key(index)))?;
+            save_rgb_png(&self.render(index), &dir.join(self.key(index)))?;
         }
         Ok(self.count)
     }

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::{ImageEncoder, Rgb, Rgba};
-use sae_model::image_io::RgbImage;
-use sae_train::data::{
+use sae_data::{
     Batch, DataError, Dataset, Loader, LoaderConfig, LoaderState, SwapScore, SyntheticShapes,
     SyntheticStyle, TrainTransform, convert_to_zip, open_dataset, write_synthetic_folder,
 };
+use sae_model::image_io::RgbImage;
 
 /// A fresh, empty scratch folder per test, so parallel tests never collide.
 fn scratch(test: &str) -> PathBuf {
@@ -659,7 +659,7 @@ mod lmdb {
     use super::*;
     use heed::types::Bytes;
     use heed::{Database, EnvOpenOptions};
-    use sae_train::data::LmdbDataset;
+    use sae_data::LmdbDataset;
 
     fn webp_bytes(img: &RgbImage) -> Vec<u8> {
         let mut out = Vec::new();

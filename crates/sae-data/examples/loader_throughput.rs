@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use image::ImageEncoder;
-use sae_train::data::{
-    Loader, LoaderConfig, LoaderState, SyntheticShapes, TrainTransform, open_dataset,
-};
+use sae_data::{Loader, LoaderConfig, LoaderState, SyntheticShapes, TrainTransform, open_dataset};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

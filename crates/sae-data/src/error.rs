@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use sae_model::atomic::WriteError;
 use sae_model::image_io::ImageError;
 
 /// Everything that can go wrong while opening a dataset, reading or transforming an image, or
@@ -86,6 +87,10 @@ pub enum DataError {
     /// An image could not be decoded (corrupt, truncated or not an image).
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// An output path holds something other than a regular file (file-system failures are
+    /// [`DataError::Io`]).
+    #[error(transparent)]
+    Write(WriteError),
     /// An image is too small for the transform: a resize to a zero side, or a random crop
     /// larger than the resized image (where `torchvision.RandomCrop` fails too).
     #[error(
@@ -172,4 +177,13 @@ pub enum DataError {
         /// The worker's number.
         worker: usize,
     },
+}
+
+impl From<WriteError> for DataError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Io { path, source } => DataError::Io { path, source },
+            other => DataError::Write(other),
+        }
+    }
 }

@@ -1,0 +1,228 @@
+//! `sae` as a hostile user drives it: outputs at device nodes, FIFOs and symlinks, duplicate
+//! and out-of-range alphas, huge images and load sizes, damaged and foreign checkpoints,
+//! overflowing step counts. Each one a typed error naming what is wrong (never a panic,
+//! exit code 101), and nothing outside a regular file replaced.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use common::{asset, checkpoint, sae, small_config as config, stderr, workdir};
+use sae_model::image_io::{RgbImage, save_rgb_png};
+use sae_model::native::save_native;
+
+/// A refusal: a failure exit (not a panic's 101), with `needle` in the message.
+fn refused(o: &Output, needle: &str) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "succeeded: {e}");
+    assert_ne!(o.status.code(), Some(101), "panicked: {e}");
+    assert!(!e.contains("panicked"), "panicked: {e}");
+    assert!(e.contains(needle), "`{needle}` not in: {e}");
+}
+
+fn swap_args<'a>(ckpt: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["swap", "--checkpoint", ckpt, "--out", out];
+    a.extend(extra);
+    a
+}
+
+#[test]
+fn outputs_never_replace_anything_but_a_regular_file() {
+    let dir = workdir("outputs");
+    let ckpt = checkpoint(&dir);
+    let encode = |out: &str| {
+        sae(&[
+            "encode",
+            "--checkpoint",
+            &ckpt,
+            "--image",
+            &asset("scene_a.png"),
+            "--out",
+            out,
+        ])
+    };
+    for dev in ["/dev/full", "/dev/null"] {
+        refused(&encode(dev), "not a regular file");
+        let meta = std::fs::metadata(dev).unwrap();
+        assert!(!meta.is_file(), "{dev} was replaced by a regular file");
+    }
+    let fifo = dir.join("fifo");
+    if Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        refused(&encode(fifo.to_str().unwrap()), "FIFO");
+        assert!(!std::fs::metadata(&fifo).unwrap().is_file());
+    }
+    let target = dir.join("precious.txt");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = dir.join("link.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    refused(&encode(link.to_str().unwrap()), "symlink");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    // A symlinked folder is followed, and a regular file is replaced.
+    let real = dir.join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, dir.join("alias")).unwrap();
+    let out = dir.join("alias/codes.safetensors");
+    assert!(encode(out.to_str().unwrap()).status.success());
+    assert!(encode(out.to_str().unwrap()).status.success());
+    assert!(real.join("codes.safetensors").is_file());
+    // `convert` goes through the same writer.
+    let fifo = dir.join("fifo.safetensors");
+    if Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        refused(&sae(&["convert", &ckpt, fifo.to_str().unwrap()]), "FIFO");
+    }
+}
+
+#[test]
+fn alphas_and_masks_are_checked() {
+    let dir = workdir("alpha");
+    let ckpt = checkpoint(&dir);
+    let out = dir.join("o");
+    let out = out.to_str().unwrap();
+    let (s, t) = (asset("scene_a.png"), asset("scene_b.png"));
+    let io = ["--structure", &s, "--texture", &t];
+    for alphas in ["0.5,0.5", "0.501,0.504"] {
+        let mut a = swap_args(&ckpt, out, &io);
+        a.extend(["--alpha", alphas, "--raw"]);
+        refused(&sae(&a), "same output");
+    }
+    for alpha in ["-1", "2", "1e30"] {
+        let mut a = swap_args(&ckpt, out, &io);
+        a.extend(["--alpha", alpha]);
+        refused(&sae(&a), "--extrapolate");
+    }
+    let mut a = swap_args(&ckpt, out, &io);
+    a.extend(["--alpha", "1.5", "--extrapolate"]);
+    let o = sae(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut a = swap_args(&ckpt, out, &io);
+    a.extend(["--alpha", "inf", "--extrapolate"]);
+    refused(&sae(&a), "finite");
+    // A mask of another size than the structure image.
+    let mask = dir.join("mask.png");
+    save_rgb_png(&RgbImage::new(64, 48), &mask).unwrap();
+    let mut a = swap_args(&ckpt, out, &io);
+    a.extend(["--mask", mask.to_str().unwrap()]);
+    refused(&sae(&a), "--mask");
+}
+
+#[test]
+fn sizes_are_bounded() {
+    let dir = workdir("sizes");
+    let ckpt = checkpoint(&dir);
+    let out = dir.join("o");
+    let out = out.to_str().unwrap();
+    let (s, t) = (asset("scene_a.png"), asset("scene_b.png"));
+    let io = ["--structure", &s, "--texture", &t];
+    let mut a = swap_args(&ckpt, out, &io);
+    a.extend(["--load-size", "60000"]);
+    refused(&sae(&a), "--load-size 60000");
+    // 128 px scaled to 4096 is 16.8 Mpx, over the default budget of 4.2 Mpx: refused before
+    // any resize, naming the flag that raises it.
+    let mut a = swap_args(&ckpt, out, &io);
+    a.extend(["--load-size", "4096"]);
+    refused(&sae(&a), "--max-pixels");
+    // A large image (3000 × 3000, 9 Mpx) is refused with its size.
+    let big = dir.join("big.png");
+    save_rgb_png(&RgbImage::new(3000, 3000), &big).unwrap();
+    let big = big.to_str().unwrap();
+    let o = sae(&[
+        "encode",
+        "--checkpoint",
+        &ckpt,
+        "--image",
+        big,
+        "--out",
+        &format!("{out}.safetensors"),
+    ]);
+    refused(&o, "3008x3008");
+    refused(&o, "--max-pixels");
+}
+
+#[test]
+fn damaged_and_foreign_checkpoints() {
+    let dir = workdir("ckpt");
+    let ckpt = checkpoint(&dir);
+    let bytes = std::fs::read(&ckpt).unwrap();
+    // A flipped bit in the tensor data: the checksum catches it.
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - 100;
+    flipped[at] ^= 0x10;
+    let path = dir.join("flipped.safetensors");
+    std::fs::write(&path, &flipped).unwrap();
+    refused(&sae(&["info", path.to_str().unwrap()]), "checksum");
+    // A configuration that describes no model, with a valid checksum: named, not a panic.
+    let mut bad = config();
+    bad.generator.blur_kernel = vec![1.0, -1.0];
+    let path = dir.join("bad_config.safetensors");
+    save_native(&config().init(&Device::default()), &bad, &path).unwrap();
+    refused(
+        &sae(&["info", path.to_str().unwrap()]),
+        "generator.blur_kernel",
+    );
+    let mut bad = config();
+    bad.encoder.channels = vec![];
+    save_native(&config().init(&Device::default()), &bad, &path).unwrap();
+    refused(&sae(&["info", path.to_str().unwrap()]), "encoder.channels");
+    // Neither format.
+    let junk = dir.join("junk.pth");
+    std::fs::write(&junk, [0x80u8, 0x09, 1, 2, 3]).unwrap();
+    refused(&sae(&["info", junk.to_str().unwrap()]), "junk.pth");
+}
+
+#[test]
+fn native_files_are_detected_by_parsing_whatever_their_first_byte() {
+    // A native file whose header length's low byte is 0x80 (the pickle protocol opcode) still
+    // loads: detection parses the safetensors header instead of looking at one byte.
+    let dir = workdir("detect");
+    let c = config();
+    let model = c.init(&Device::default());
+    let path = dir.join("m.safetensors");
+    let mut found = false;
+    for pad in 0..300 {
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("note".to_string(), "x".repeat(pad));
+        sae_model::native::save_native_with_extras(&model, &c, &path, &Default::default(), &meta)
+            .unwrap();
+        if std::fs::read(&path).unwrap()[0] == 0x80 {
+            found = true;
+            break;
+        }
+    }
+    assert!(found, "no padding made the first byte 0x80");
+    let o = sae(&["info", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn overflowing_run_lengths_are_refused() {
+    let dir = workdir("steps");
+    let data = dir.join("images");
+    sae_data::write_synthetic_folder(&data, 4, 64, 1).unwrap();
+    let run = dir.join("run");
+    let train = |length: &[&str]| {
+        let mut a = vec!["train", "--preset", "tiny", "--batch", "4"];
+        a.extend([
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ]);
+        a.extend(length);
+        sae(&a)
+    };
+    refused(&train(&["--steps", "4611686018427387905"]), "--steps");
+    refused(&train(&["--kimg", "1e300"]), "--kimg");
+    assert!(
+        !run.join("options.json").exists(),
+        "a refused run wrote its options"
+    );
+}
