@@ -21,9 +21,10 @@ use sae_train::{TRAIN_PRESETS, TrainArgs, launch, stop_on_signals};
 /// The largest `--load-size`: 8192 px, four times the largest official model.
 const MAX_LOAD_SIZE: usize = 8192;
 
-/// The default pixel budget of one network input: 2048 × 2048. At this size a church-256 model
-/// stays within the memory documented in `docs/reliability.md`; `--max-pixels` raises it.
-const DEFAULT_MAX_PIXELS: usize = 2048 * 2048;
+/// The default pixel budget of one network input: 1024 × 1024, the largest official model's
+/// resolution. A church-256 `sae swap` of this size peaks at about 2 GB of memory, one of
+/// 2048 × 2048 at 8 GB (`docs/reliability.md`); `--max-pixels` raises the budget.
+const DEFAULT_MAX_PIXELS: usize = 1024 * 1024;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -125,8 +125,8 @@ fn sizes_are_bounded() {
     let mut a = swap_args(&ckpt, out, &io);
     a.extend(["--load-size", "60000"]);
     refused(&sae(&a), "--load-size 60000");
-    // 128 px scaled to 4096 is 16.8 Mpx, over the default budget of 4.2 Mpx: refused before
-    // any resize, naming the flag that raises it.
+    // 128 px scaled to 4096 is 16.8 Mpx, over the default budget of 1 Mpx: refused before any
+    // resize, naming the flag that raises it.
     let mut a = swap_args(&ckpt, out, &io);
     a.extend(["--load-size", "4096"]);
     refused(&sae(&a), "--max-pixels");

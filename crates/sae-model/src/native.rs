@@ -3,9 +3,10 @@
 //! loading round-trip bit-exactly; writes are atomic ([`crate::atomic`]), so a crash never
 //! leaves a half-written checkpoint behind.
 //!
-//! Every file carries a CRC-32 (`checksum` metadata) over its metadata, tensor names, shapes
-//! and bytes, verified on load: a flipped bit anywhere in the tensors or the configuration is
-//! a [`NativeError::Checksum`], never a silently different model. The configuration is
+//! Every file (format `sae-rs/2`) carries a CRC-32 (`checksum` metadata) over its metadata,
+//! tensor names, shapes and bytes, verified on load: a flipped bit anywhere in the tensors or
+//! the configuration is a [`NativeError::Checksum`], never a silently different model. Files of
+//! the first format, `sae-rs/1`, written before the checksum, still load (unverified). The configuration is
 //! validated ([`ModelConfig::validate`]) before any network is built.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +22,11 @@ use crate::config::ConfigError;
 use crate::model::{ModelConfig, SwappingAutoencoder};
 
 /// The `format` metadata value of files this crate writes.
-pub const FORMAT: &str = "sae-rs/1";
+pub const FORMAT: &str = "sae-rs/2";
+
+/// The `format` value of files written before the checksum (read without one: they carry
+/// none to verify).
+pub const FORMAT_V1: &str = "sae-rs/1";
 
 /// Name prefix of the non-model tensors of a training checkpoint.
 pub const EXTRA_PREFIX: &str = "train.";
@@ -266,7 +271,8 @@ pub fn read_native_bytes(
         .unwrap_or_default()
         .into_iter()
         .collect();
-    if metadata.get("format").map(String::as_str) != Some(FORMAT) {
+    let version = metadata.get("format").map(String::as_str);
+    if version != Some(FORMAT) && version != Some(FORMAT_V1) {
         return Err(NativeError::NotNative {
             path: path.to_path_buf(),
         });
@@ -280,7 +286,7 @@ pub fn read_native_bytes(
             .map(|(k, v)| (k.as_str(), v.dtype(), v.shape(), v.data())),
     );
     let stored = metadata.get(CHECKSUM_KEY).cloned().unwrap_or_default();
-    if stored != computed {
+    if version == Some(FORMAT) && stored != computed {
         return Err(NativeError::Checksum {
             path: path.to_path_buf(),
             stored,
