@@ -310,6 +310,37 @@ fn preprocess(load_size: Option<usize>) -> Preprocess {
     load_size.map_or(Preprocess::NONE, Preprocess::scale_shortside)
 }
 
+/// The largest `--max-pixels`: 16384 × 16384. Beyond it a single activation of the smallest
+/// network would not fit in memory anyway.
+const MAX_MAX_PIXELS: usize = 16384 * 16384;
+
+fn check_max_pixels(n: usize) -> Res<()> {
+    if n > MAX_MAX_PIXELS {
+        return Err(format!(
+            "--max-pixels {n}: at most {MAX_MAX_PIXELS} (16384 × 16384)"
+        ));
+    }
+    Ok(())
+}
+
+/// The output names must be distinct, or one output would silently replace another.
+fn check_distinct_names<'a>(
+    names: impl IntoIterator<Item = (String, &'a Path)>,
+    flag: &str,
+) -> Res<()> {
+    let mut seen: HashMap<String, &Path> = HashMap::new();
+    for (name, source) in names {
+        if let Some(first) = seen.insert(name.to_lowercase(), source) {
+            return Err(format!(
+                "{flag}: {} and {} would both write {name}; rename one",
+                first.display(),
+                source.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_load_size(load_size: Option<usize>) -> Res<()> {
     match load_size {
         Some(n) if !(16..=MAX_LOAD_SIZE).contains(&n) => Err(format!(
@@ -394,7 +425,13 @@ fn check_alphas(alphas: &[f32], extrapolate: bool) -> Res<()> {
 }
 
 fn alpha_name(a: f32) -> String {
-    format!("{a:.2}")
+    let name = format!("{a:.2}");
+    // −0 (and anything that rounds to it) is the same output as 0.
+    if name == "-0.00" {
+        "0.00".to_string()
+    } else {
+        name
+    }
 }
 
 /// The first image of a `[1, 3, h, w]` tensor.
@@ -585,6 +622,7 @@ fn run(cli: Cli) -> Res<()> {
             max_pixels,
         } => {
             check_load_size(load_size)?;
+            check_max_pixels(max_pixels)?;
             let (model, cfg) = load_model(&checkpoint, &device)?;
             let input = ImageInput::new(load_size, max_pixels, &cfg);
             let x = input.tensor(&image, "--image", &device)?;
@@ -613,6 +651,7 @@ fn run(cli: Cli) -> Res<()> {
             seed,
         } => {
             check_load_size(load_size)?;
+            check_max_pixels(max_pixels)?;
             check_alphas(&alpha, extrapolate)?;
             let (model, cfg) = load_model(&checkpoint, &device)?;
             let input = ImageInput::new(load_size, max_pixels, &cfg);
@@ -682,11 +721,21 @@ fn run(cli: Cli) -> Res<()> {
             seed,
         } => {
             check_load_size(load_size)?;
+            check_max_pixels(max_pixels)?;
             let (model, cfg) = load_model(&checkpoint, &device)?;
             let input = ImageInput::new(load_size, max_pixels, &cfg);
             let s_paths = images_in(&structures, "--structures")?;
             let t_paths = images_in(&textures, "--textures")?;
+            sae_model::atomic::check_target(&out).map_err(|e| format!("--out: {e}"))?;
             let singles = out.with_extension("");
+            check_distinct_names(
+                s_paths.iter().flat_map(|s| {
+                    t_paths
+                        .iter()
+                        .map(move |t| (format!("{}_{}.png", stem(s), stem(t)), s.as_path()))
+                }),
+                "--structures/--textures",
+            )?;
             ensure_dir(&singles, "--out")?;
             let mut dec = Decoder::new(&model, noise_mode(noise, seed));
             let rgb = |img: &ImageTensor| image_io::to_rgb8(img).map_err(|e| e.to_string());
@@ -743,6 +792,7 @@ fn run(cli: Cli) -> Res<()> {
             noise,
             seed,
         } => {
+            check_max_pixels(max_pixels)?;
             let (model, cfg) = load_model(&checkpoint, &device)?;
             // The official evaluator loads these without any resize: they must be pre-sized.
             let input = ImageInput {
@@ -753,6 +803,7 @@ fn run(cli: Cli) -> Res<()> {
             let s_dir = dataroot.join("input_structure");
             let t_dir = dataroot.join("input_style");
             let files = images_in(&s_dir, "--dataroot")?;
+            check_distinct_names(files.iter().map(|f| (stem(f), f.as_path())), "--dataroot")?;
             let images = out.join("images");
             ensure_dir(&images, "--out")?;
             let mut dec = Decoder::new(&model, noise_mode(noise, seed));

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use burn::tensor::Device;
@@ -224,5 +225,164 @@ fn overflowing_run_lengths_are_refused() {
     assert!(
         !run.join("options.json").exists(),
         "a refused run wrote its options"
+    );
+}
+
+/// Waits at most a minute for `sae`; a hang is a failure, not a stuck test.
+fn sae_bounded(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sae runs");
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("sae {args:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn damaged_run_folders_are_refused_on_resume() {
+    let dir = workdir("rundir");
+    let data = dir.join("images");
+    sae_data::write_synthetic_folder(&data, 4, 64, 1).unwrap();
+    let run = dir.join("run");
+    // A relative --data is stored absolute, so a resume from elsewhere finds the same data.
+    let o = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .current_dir(&dir)
+        .args([
+            "train", "--preset", "tiny", "--data", "images", "--out", "run",
+        ])
+        .args(["--steps", "2", "--batch", "4", "--workers", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let options = std::fs::read_to_string(run.join("options.json")).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&options).unwrap();
+    assert!(
+        Path::new(stored["data"]["path"].as_str().unwrap()).is_absolute(),
+        "{options}"
+    );
+    let resume = |run: &Path| {
+        sae_bounded(&[
+            "train",
+            "--resume",
+            "--out",
+            run.to_str().unwrap(),
+            "--steps",
+            "3",
+        ])
+    };
+    let copy = |name: &str, edit: &dyn Fn(&str) -> String| {
+        let to = dir.join(name);
+        std::fs::create_dir_all(to.join("checkpoints")).unwrap();
+        std::fs::write(to.join("options.json"), edit(&options)).unwrap();
+        to
+    };
+    // Values that would panic or allocate without bound later are refused by name.
+    for (name, from, to, field) in [
+        (
+            "small_load",
+            "\"load_size\": 64",
+            "\"load_size\": 44",
+            "load_size",
+        ),
+        (
+            "huge_load",
+            "\"load_size\": 64",
+            "\"load_size\": 100000",
+            "load_size",
+        ),
+        (
+            "prefetch",
+            "\"prefetch\": 2",
+            "\"prefetch\": 100000000000",
+            "prefetch",
+        ),
+        (
+            "patch",
+            "\"patch_size\": 32",
+            "\"patch_size\": 1000",
+            "patch_size",
+        ),
+    ] {
+        assert!(options.contains(from), "{from} not in {options}");
+        let r = copy(name, &|o: &str| o.replace(from, to));
+        refused(&resume(&r), field);
+    }
+    // A FIFO or a symlink as stats.jsonl is refused, not waited on or written through.
+    let r = copy("fifo", &|o: &str| o.to_string());
+    if Command::new("mkfifo")
+        .arg(r.join("stats.jsonl"))
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        refused(&resume(&r), "stats.jsonl");
+    }
+    let r = copy("symlink", &|o: &str| o.to_string());
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, "keep\n").unwrap();
+    std::os::unix::fs::symlink(&victim, r.join("stats.jsonl")).unwrap();
+    refused(&resume(&r), "symlink");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+}
+
+#[test]
+fn colliding_output_names_are_refused() {
+    let dir = workdir("collide");
+    let ckpt = checkpoint(&dir);
+    let out = dir.join("o");
+    let (s, t) = (asset("scene_a.png"), asset("scene_b.png"));
+    let mut a = swap_args(
+        &ckpt,
+        out.to_str().unwrap(),
+        &["--structure", &s, "--texture", &t],
+    );
+    a.extend(["--alpha", "0,-0"]);
+    refused(&sae(&a), "same output");
+    // `a` × `b_c` and `a_b` × `c` would both write a_b_c.png.
+    let (ss, tt) = (dir.join("s"), dir.join("t"));
+    for (d, names) in [(&ss, ["a.png", "a_b.png"]), (&tt, ["b_c.png", "c.png"])] {
+        std::fs::create_dir_all(d).unwrap();
+        for n in names {
+            std::fs::copy(asset("scene_a.png"), d.join(n)).unwrap();
+        }
+    }
+    let grid = dir.join("grid.png");
+    let o = sae(&[
+        "grid",
+        "--checkpoint",
+        &ckpt,
+        "--structures",
+        ss.to_str().unwrap(),
+        "--textures",
+        tt.to_str().unwrap(),
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    refused(&o, "a_b_c.png");
+    // The grid's output is checked before any single image is written.
+    let o = sae(&[
+        "grid",
+        "--checkpoint",
+        &ckpt,
+        "--structures",
+        ss.to_str().unwrap(),
+        "--textures",
+        ss.to_str().unwrap(),
+        "--out",
+        tt.to_str().unwrap(),
+    ]);
+    refused(&o, "directory");
+    assert_eq!(
+        std::fs::read_dir(&tt).unwrap().count(),
+        2,
+        "nothing was written into --out"
     );
 }

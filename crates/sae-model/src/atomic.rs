@@ -1,4 +1,5 @@
-//! Atomic file output: every file this workspace writes (checkpoints, images, code files, run
+//! Bounded file input ([`read_bounded`]) and atomic file output. Every file this workspace
+//! writes (checkpoints, images, code files, run
 //! options, converted datasets) goes through [`write_atomic_with`], so a reader never sees a
 //! half-written file and a crash leaves either the old file or the new one.
 //!
@@ -45,6 +46,47 @@ pub enum WriteError {
         /// The target path.
         path: PathBuf,
     },
+}
+
+/// The most bytes read from an input that is not a regular file (a FIFO, a device): its size
+/// is unknown in advance, so `/dev/zero` must not fill the memory.
+pub const MAX_STREAM_BYTES: u64 = 256 << 20;
+
+/// Reads an input file whole, refusing more than `max_bytes` (and more than
+/// [`MAX_STREAM_BYTES`] from anything that is not a regular file) before allocating it.
+///
+/// # Errors
+/// An I/O error naming the limit (`InvalidData`) when the input is larger.
+pub fn read_bounded(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a directory",
+        ));
+    }
+    let limit = if meta.is_file() {
+        max_bytes
+    } else {
+        max_bytes.min(MAX_STREAM_BYTES)
+    };
+    if meta.is_file() && meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("holds {} bytes, more than the {limit} allowed", meta.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    file.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("holds more than the {limit} bytes allowed"),
+        ));
+    }
+    Ok(out)
 }
 
 /// A temporary path next to `path` (same directory, so a rename over `path` is atomic):

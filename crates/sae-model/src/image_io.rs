@@ -47,7 +47,6 @@
 //!   max 0 for 104, 1 for 192, 2 for 4); one call: max 26 levels, 14 % of the values.
 
 use std::borrow::Cow;
-use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -342,7 +341,8 @@ impl Preprocess {
 /// (the PNG and JPEG decoders already refuse zero sizes as [`ImageError::Decode`]; the check
 /// guards the other layers).
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
-    let bytes = fs::read(path).map_err(|source| ImageError::Io {
+    // An encoded image over 512 MiB is refused before it is read (`/dev/zero` included).
+    let bytes = crate::atomic::read_bounded(path, 512 << 20).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -839,6 +839,7 @@ pub fn load_mask(path: &Path, height: usize, width: usize) -> Result<Vec<f32>, I
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// A fixture under `tests/fixtures/images/`.
     fn fixture(name: &str) -> PathBuf {

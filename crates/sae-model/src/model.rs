@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::atomic::read_bounded;
 use crate::checkpoint::{
     CheckpointError, Net, OfficialTensors, ShapeMap, infer_discriminator, infer_encoder,
     infer_generator, infer_patch_discriminator, remap_checkpoint, shapes,
@@ -20,6 +21,11 @@ use crate::discriminator::{
 use crate::encoder::{Encoder, EncoderConfig};
 use crate::generator::{Generator, GeneratorConfig};
 use crate::native::{NativeError, is_safetensors, read_native_bytes};
+
+/// The largest checkpoint file read (64 GiB: ten times the largest official checkpoint with
+/// its discriminators and optimizer state); a FIFO or device is read up to
+/// [`crate::atomic::MAX_STREAM_BYTES`].
+pub const MAX_CHECKPOINT_BYTES: u64 = 64 << 30;
 use sae_pth::{PthData, PthError, read_state_dict_bytes};
 
 /// The explicit configuration of every network of a model.
@@ -271,7 +277,7 @@ impl SwappingAutoencoder {
     /// A typed error naming the file and what is wrong: unreadable, neither format, damaged
     /// (a native checksum mismatch), a bad configuration, or tensors that do not fit.
     pub fn load(path: &Path, device: &Device) -> Result<(Self, ModelConfig), LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        let bytes = read_bounded(path, MAX_CHECKPOINT_BYTES).map_err(|source| LoadError::Io {
             path: path.to_path_buf(),
             source,
         })?;

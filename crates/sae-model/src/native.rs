@@ -244,10 +244,12 @@ pub fn load_native(
 /// # Errors
 /// As [`load_native`].
 pub fn read_native(path: &Path, device: &Device) -> Result<NativeCheckpoint, NativeError> {
-    let bytes = std::fs::read(path).map_err(|source| NativeError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::atomic::read_bounded(path, crate::model::MAX_CHECKPOINT_BYTES).map_err(
+        |source| NativeError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    )?;
     read_native_bytes(&bytes, path, device)
 }
 

@@ -2,7 +2,7 @@
 //! validated [`TrainOptions`], starting or resuming the run, and stopping cleanly on Ctrl-C,
 //! SIGTERM or SIGHUP.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -46,6 +46,15 @@ fn bad(option: &str, problem: impl Into<String>) -> TrainError {
     }
 }
 
+/// `--data` as an absolute path, so that `options.json` names the same dataset from any
+/// working directory.
+fn absolute_data(data: &Path) -> Result<PathBuf, TrainError> {
+    if !data.exists() {
+        return Err(bad("--data", format!("{} does not exist", data.display())));
+    }
+    std::path::absolute(data).map_err(|e| bad("--data", format!("{}: {e}", data.display())))
+}
+
 /// The run length in images from `--steps` / `--kimg` (at most one of them).
 fn total_images(args: &TrainArgs, batch: usize) -> Result<Option<u64>, TrainError> {
     match (args.steps, args.kimg) {
@@ -83,9 +92,7 @@ pub fn resolve_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
         .data
         .clone()
         .ok_or_else(|| bad("--data", "is required for a new run"))?;
-    if !data.exists() {
-        return Err(bad("--data", format!("{} does not exist", data.display())));
-    }
+    let data = absolute_data(&data)?;
     let mut opts = TrainOptions::preset(name, data).ok_or_else(|| {
         bad(
             "--preset",
@@ -172,17 +179,17 @@ pub fn resume_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
         opts.schedule.checkpoint_every_s = s;
     }
     if let Some(data) = &args.data
-        && data != &opts.data.path
+        && absolute_data(data)? != opts.data.path
     {
-        if !data.exists() {
-            return Err(bad("--data", format!("{} does not exist", data.display())));
-        }
+        let data = absolute_data(data)?;
+        // The new place must hold a dataset before options.json is changed to name it.
+        sae_data::open_dataset(&data)?;
         eprintln!(
             "notice: the dataset moved from {} to {}; options.json now names the new place",
             opts.data.path.display(),
             data.display()
         );
-        opts.data.path = data.clone();
+        opts.data.path = data;
         rewrite = true;
     }
     if rewrite {

@@ -55,6 +55,15 @@ pub struct ScheduleOptions {
     pub checkpoint_every_s: u64,
 }
 
+/// The most loader threads.
+pub const MAX_WORKERS: usize = 256;
+
+/// The most batches decoded ahead.
+pub const MAX_PREFETCH: usize = 64;
+
+/// The largest `load_size` and `crop_size` (8192 px, 8× the largest official crop).
+pub const MAX_SIDE: usize = 8192;
+
 /// Ten minutes: a crash of a long run loses at most that much training.
 pub const DEFAULT_CHECKPOINT_EVERY_S: u64 = 600;
 
@@ -248,8 +257,73 @@ pub fn validate(opts: &TrainOptions) -> Result<(), TrainError> {
     if opts.schedule.keep_checkpoints == 0 {
         return bad("keep_checkpoints", "must keep at least one".into());
     }
-    if opts.data.workers == 0 {
-        return bad("--workers", "needs at least one worker".into());
+    if opts.data.workers == 0 || opts.data.workers > MAX_WORKERS {
+        return bad(
+            "--workers",
+            format!(
+                "must be between 1 and {MAX_WORKERS}, got {}",
+                opts.data.workers
+            ),
+        );
+    }
+    if opts.data.prefetch == 0 || opts.data.prefetch > MAX_PREFETCH {
+        return bad(
+            "prefetch",
+            format!(
+                "must be between 1 and {MAX_PREFETCH} batches, got {}",
+                opts.data.prefetch
+            ),
+        );
+    }
+    for (name, side) in [
+        ("load_size", opts.data.load_size),
+        ("crop_size", opts.data.crop_size),
+    ] {
+        if side > MAX_SIDE {
+            return bad(name, format!("{side} px is above the limit of {MAX_SIDE}"));
+        }
+    }
+    let pre = opts.data.preprocess;
+    let crop = opts.data.crop_size;
+    if pre.resize != sae_data::ResizeMode::None && opts.data.load_size < crop {
+        return bad(
+            "load_size",
+            format!(
+                "{} px is smaller than crop_size {crop}: the resized images could not give \
+                 {crop}-px crops",
+                opts.data.load_size
+            ),
+        );
+    }
+    if pre.resize == sae_data::ResizeMode::Resize
+        && pre.crop == sae_data::CropMode::None
+        && opts.data.load_size != crop
+    {
+        return bad(
+            "load_size",
+            format!(
+                "`resize` without a crop gives {0}x{0} images, but the networks take {crop} px",
+                opts.data.load_size
+            ),
+        );
+    }
+    if opts.patch.num_crops == 0 || opts.patch.num_crops > MAX_PREFETCH {
+        return bad(
+            "num_crops",
+            format!(
+                "must be between 1 and {MAX_PREFETCH}, got {}",
+                opts.patch.num_crops
+            ),
+        );
+    }
+    if opts.patch.patch_size == 0 || opts.patch.patch_size > crop {
+        return bad(
+            "patch_size",
+            format!(
+                "{} px must be between 1 and crop_size {crop}",
+                opts.patch.patch_size
+            ),
+        );
     }
     let Some(d) = opts.model.discriminator.as_ref() else {
         return bad(

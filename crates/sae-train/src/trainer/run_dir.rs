@@ -15,7 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sae_model::atomic::{is_temp_name, write_atomic};
+use sae_model::atomic::{check_target, is_temp_name, write_atomic};
 
 use super::error::{TrainError, io_err};
 use crate::options::TrainOptions;
@@ -116,6 +116,10 @@ impl RunDir {
     /// parse.
     pub fn read_options(&self) -> Result<TrainOptions, TrainError> {
         let path = self.options_path();
+        check_target(&path).map_err(|e| TrainError::RunDir {
+            dir: self.root.clone(),
+            problem: format!("cannot read options.json: {e}"),
+        })?;
         let text = fs::read_to_string(&path).map_err(|e| TrainError::RunDir {
             dir: self.root.clone(),
             problem: format!("no run to resume (options.json: {e})"),
@@ -150,6 +154,10 @@ impl RunDir {
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
+            // Only regular files: a FIFO, device or symlink named like a checkpoint is not one.
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             let images = name
                 .strip_prefix(CHECKPOINT_PREFIX)
@@ -182,6 +190,8 @@ impl RunDir {
     /// File-system errors.
     pub fn append_stats(&self, line: &str) -> Result<(), TrainError> {
         let path = self.stats_path();
+        // Only a regular file is appended to: a FIFO would block, a device would swallow it.
+        check_target(&path)?;
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -197,6 +207,8 @@ impl RunDir {
     /// File-system errors.
     pub fn truncate_stats(&self, images: u64) -> Result<(), TrainError> {
         let path = self.stats_path();
+        // A FIFO would block the read and a symlink would be written through.
+        check_target(&path)?;
         let Ok(text) = fs::read_to_string(&path) else {
             return Ok(());
         };
