@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{asset, checkpoint, sae, stderr, workdir};
+use common::{asset, checkpoint, grid as grid_cmd, sae, stderr, workdir};
 
 /// `sae swap` of the demo scenes a (structure) and b (texture) at α = 0, 0.5, 1, with `--raw`.
 fn swap_raw(ckpt: &str, out: &Path) -> Output {
@@ -108,17 +108,7 @@ fn grid_and_eval_export_layouts() {
         }
     }
     let grid = dir.join("grid.png");
-    let o = sae(&[
-        "grid",
-        "--checkpoint",
-        &ckpt,
-        "--structures",
-        s.to_str().unwrap(),
-        "--textures",
-        t.to_str().unwrap(),
-        "--out",
-        grid.to_str().unwrap(),
-    ]);
+    let o = grid_cmd(&ckpt, &s, &t, &grid);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image_size(&grid);
     assert_eq!(

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use burn::tensor::Device;
-use common::{asset, checkpoint, sae, small_config as config, stderr, workdir};
+use common::{asset, checkpoint, grid as grid_cmd, sae, small_config as config, stderr, workdir};
 use sae_model::image_io::{RgbImage, save_rgb_png};
 use sae_model::native::save_native;
 
@@ -355,30 +355,10 @@ fn colliding_output_names_are_refused() {
         }
     }
     let grid = dir.join("grid.png");
-    let o = sae(&[
-        "grid",
-        "--checkpoint",
-        &ckpt,
-        "--structures",
-        ss.to_str().unwrap(),
-        "--textures",
-        tt.to_str().unwrap(),
-        "--out",
-        grid.to_str().unwrap(),
-    ]);
+    let o = grid_cmd(&ckpt, &ss, &tt, &grid);
     refused(&o, "a_b_c.png");
     // The grid's output is checked before any single image is written.
-    let o = sae(&[
-        "grid",
-        "--checkpoint",
-        &ckpt,
-        "--structures",
-        ss.to_str().unwrap(),
-        "--textures",
-        ss.to_str().unwrap(),
-        "--out",
-        tt.to_str().unwrap(),
-    ]);
+    let o = grid_cmd(&ckpt, &ss, &ss, &tt);
     refused(&o, "directory");
     assert_eq!(
         std::fs::read_dir(&tt).unwrap().count(),

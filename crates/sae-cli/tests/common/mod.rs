@@ -56,3 +56,18 @@ pub fn checkpoint(dir: &Path) -> String {
     save_native(&config.init(&Device::default()), &config, &path).unwrap();
     path.to_string_lossy().into_owned()
 }
+
+/// `sae grid` of the images in `structures` × `textures` into `out`.
+pub fn grid(ckpt: &str, structures: &Path, textures: &Path, out: &Path) -> Output {
+    sae(&[
+        "grid",
+        "--checkpoint",
+        ckpt,
+        "--structures",
+        structures.to_str().unwrap(),
+        "--textures",
+        textures.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
