@@ -331,6 +331,33 @@ fn damaged_run_folders_are_refused_on_resume() {
     std::os::unix::fs::symlink(&victim, r.join("stats.jsonl")).unwrap();
     refused(&resume(&r), "symlink");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+    // A checkpoint of another run (same preset, same networks) is never resumed.
+    let other = dir.join("other");
+    let o = sae(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        data.to_str().unwrap(),
+    ]
+    .into_iter()
+    .chain([
+        "--out",
+        other.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+    ])
+    .chain(["--workers", "1", "--seed", "7"])
+    .collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = copy("foreign", &|o: &str| o.to_string());
+    for entry in std::fs::read_dir(other.join("checkpoints")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), r.join("checkpoints").join(entry.file_name())).unwrap();
+    }
+    refused(&resume(&r), "another run");
 }
 
 #[test]

@@ -74,6 +74,11 @@ fn default_checkpoint_every_s() -> u64 {
 /// Everything that defines a training run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainOptions {
+    /// The run's identity, drawn when the run starts and stored in every checkpoint, so a
+    /// checkpoint of another run is never resumed (empty: not started yet, or a run from before
+    /// run ids).
+    #[serde(default)]
+    pub run_id: String,
     /// The preset the options started from.
     pub preset: String,
     /// Every network's explicit configuration.
@@ -160,6 +165,7 @@ impl TrainOptions {
             } => (small_model(size, spatial_code_ch), size / 2),
         };
         TrainOptions {
+            run_id: String::new(),
             preset: p.name.to_string(),
             model,
             losses: LossConfig::new()

@@ -22,6 +22,10 @@ const STATE_KEY: &str = "train_state";
 /// What a checkpoint stores besides tensors (JSON metadata `train_state`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct TrainState {
+    /// The run's [`TrainOptions::run_id`](crate::TrainOptions::run_id) (empty in checkpoints
+    /// from before run ids).
+    #[serde(default)]
+    pub(crate) run_id: String,
     pub(crate) counters: Counters,
     pub(crate) opt_g_steps: u64,
     pub(crate) opt_d_steps: u64,
@@ -33,8 +37,9 @@ pub(crate) struct TrainState {
 
 impl TrainState {
     /// The state of a run that has not taken a step.
-    pub(crate) fn start(seed: u64) -> Self {
+    pub(crate) fn start(run_id: &str, seed: u64) -> Self {
         TrainState {
+            run_id: run_id.to_string(),
             counters: Counters::default(),
             opt_g_steps: 0,
             opt_d_steps: 0,
@@ -94,14 +99,15 @@ impl Loaded {
     }
 }
 
-/// Reads a training checkpoint (one read of the file) and checks it belongs to a run whose
-/// model is `config`.
+/// Reads a training checkpoint (one read of the file) and checks it belongs to the run `run_id`,
+/// whose model is `config`.
 ///
 /// # Errors
 /// An unreadable or damaged file, another model, or no training state.
 pub(crate) fn load(
     path: &Path,
     config: &ModelConfig,
+    run_id: &str,
     device: &Device,
 ) -> Result<Loaded, TrainError> {
     let NativeCheckpoint {
@@ -127,6 +133,12 @@ pub(crate) fn load(
             ))
         })
         .and_then(|s| serde_json::from_str(s).map_err(|e| bad(format!("{STATE_KEY}: {e}"))))?;
+    if !state.run_id.is_empty() && !run_id.is_empty() && state.run_id != run_id {
+        return Err(bad(format!(
+            "belongs to another run (run id {}, this run's is {run_id})",
+            state.run_id
+        )));
+    }
     Ok(Loaded {
         path: path.to_path_buf(),
         model,

@@ -125,15 +125,22 @@ impl Trainer {
     ///
     /// # Errors
     /// Invalid options (naming the flag), unreadable or empty data, an existing run.
-    pub fn new(opts: TrainOptions, run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
+    pub fn new(
+        mut opts: TrainOptions,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         validate(&opts)?;
+        if opts.run_id.is_empty() {
+            opts.run_id = new_run_id();
+        }
         let run = RunDir::new(run_dir);
         run.check_fresh()?;
         let dataset = open_dataset(&opts.data.path)?;
         run.write_options(&opts)?;
         let device = device.clone().autodiff();
         let model = init_seeded(&opts, &device);
-        let state = TrainState::start(opts.seed);
+        let state = TrainState::start(&opts.run_id, opts.seed);
         Self::assemble(opts, run, device, model, state, dataset, None)
     }
 
@@ -183,7 +190,7 @@ impl Trainer {
         let mut newest_error = None;
         let mut loaded = None;
         for (_, path) in run.checkpoints()?.iter().rev() {
-            match checkpoint::load(path, &opts.model, &device) {
+            match checkpoint::load(path, &opts.model, &opts.run_id, &device) {
                 Ok(l) => {
                     loaded = Some(l);
                     break;
@@ -249,7 +256,7 @@ impl Trainer {
                 );
                 run.truncate_stats(0)?;
                 let model = init_seeded(&opts, &device);
-                let state = TrainState::start(opts.seed);
+                let state = TrainState::start(&opts.run_id, opts.seed);
                 Self::assemble(opts, run, device, model, state, dataset, None)?
             }
         };
@@ -443,6 +450,7 @@ impl Trainer {
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = self.run.checkpoint_path(self.counters.images);
         let state = TrainState {
+            run_id: self.opts.run_id.clone(),
             counters: self.counters.clone(),
             opt_g_steps: self.opt_g.steps(),
             opt_d_steps: self.opt_d.steps(),
@@ -545,6 +553,19 @@ impl Trainer {
         }
         Ok(RunEnd::Finished)
     }
+}
+
+/// A fresh run id: the start time and the process id, hashed (unique enough to tell runs
+/// apart; it does not seed anything).
+fn new_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }
 
 /// The initial weights, from the run's seed. Burn's device RNG may be process-global, so the
