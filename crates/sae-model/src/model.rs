@@ -20,7 +20,7 @@ use crate::discriminator::{
 };
 use crate::encoder::{Encoder, EncoderConfig};
 use crate::generator::{Generator, GeneratorConfig};
-use crate::native::{NativeError, is_safetensors, read_native_bytes};
+use crate::native::{NativeError, has_safetensors_header, read_native_bytes};
 
 /// The largest checkpoint file read (64 GiB: ten times the largest official checkpoint with
 /// its discriminators and optimizer state); a FIFO or device is read up to
@@ -177,7 +177,7 @@ impl CheckpointFormat {
     /// 8-byte length and a JSON object) is native whatever its first byte is; otherwise a zip
     /// archive or a pickle (protocol 2–5 opcode) is official. `None` when it is neither.
     pub fn detect(bytes: &[u8]) -> Option<Self> {
-        if is_safetensors(bytes) || safetensors_header_parses(bytes) {
+        if has_safetensors_header(bytes) {
             Some(CheckpointFormat::Native)
         } else if bytes.starts_with(b"PK\x03\x04")
             || (bytes.first() == Some(&0x80) && bytes.get(1).is_some_and(|p| (2..=5).contains(p)))
@@ -187,22 +187,6 @@ impl CheckpointFormat {
             None
         }
     }
-}
-
-/// Whether the header of a safetensors file parses, even when the data after it is cut short
-/// (so a truncated native file is reported as a damaged native file).
-fn safetensors_header_parses(bytes: &[u8]) -> bool {
-    let Some(len) = bytes.get(..8) else {
-        return false;
-    };
-    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
-    let Some(header) = usize::try_from(n)
-        .ok()
-        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
-    else {
-        return false;
-    };
-    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(header).is_ok()
 }
 
 /// Why an official checkpoint could not be loaded.

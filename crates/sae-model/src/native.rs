@@ -218,9 +218,21 @@ pub struct NativeCheckpoint {
 }
 
 /// Whether `bytes` start with a safetensors header (an 8-byte length and a JSON object that
-/// parses). Used to tell the native format from PyTorch's by parsing, not by a magic byte.
-pub fn is_safetensors(bytes: &[u8]) -> bool {
-    SafeTensors::read_metadata(bytes).is_ok()
+/// parses), even when the data after it is cut short, so a truncated native file is reported
+/// as a damaged native file. Tells the native format from PyTorch's by parsing, not by a magic
+/// byte.
+pub fn has_safetensors_header(bytes: &[u8]) -> bool {
+    let Some(len) = bytes.get(..8) else {
+        return false;
+    };
+    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    let Some(header) = usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+    else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(header).is_ok()
 }
 
 /// Loads a model saved by [`save_native`].
