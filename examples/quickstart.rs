@@ -18,7 +18,9 @@
 //!      perfect swap would give), for comparison.
 //!    - `interpolation.png`: structure image | texture mixes α = 0, 0.25, 0.5, 0.75, 1 |
 //!      texture image: the layout stays put while the colours move towards the texture image.
-//! 4. Scores the swaps against the perfect swaps (`SyntheticShapes::score_swap`), next to what
+//! 4. Writes the model as `target/sae-quickstart/model.safetensors` and the PCA of its codes
+//!    over the training images as `pca.safetensors`, for `sae serve` (README).
+//! 5. Scores the swaps against the perfect swaps (`SyntheticShapes::score_swap`), next to what
 //!    copying either input scores.
 //!
 //! `cargo run --release --example quickstart [-- --steps N]`. Ctrl-C stops training early
@@ -27,10 +29,13 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use sae::data::{SwapScore, SyntheticShapes, SyntheticStyle};
+use sae::data::{
+    DatasetPcaOptions, SwapScore, SyntheticShapes, SyntheticStyle, dataset_pca, open_dataset,
+};
 use sae::model::SwappingAutoencoder;
 use sae::model::image_io::{self, ImageTensor, RgbImage};
 use sae::model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
+use sae::model::native::save_native;
 use sae::train::trainer::list_checkpoints;
 use sae::train::{TrainArgs, launch, stop_on_signals};
 
@@ -104,7 +109,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, checkpoint) = list_checkpoints(&run)?
         .pop()
         .ok_or("training wrote no checkpoint")?;
-    let (model, _) = SwappingAutoencoder::load(&checkpoint, &device)?;
+    let (model, config) = SwappingAutoencoder::load(&checkpoint, &device)?;
+    // For `sae serve` (README): the model under a stable name, and the PCA of its codes over
+    // the training images.
+    save_native(&model, &config, &root.join("model.safetensors"))?;
+    let pca_opts = DatasetPcaOptions {
+        images: TRAIN_IMAGES,
+        seed: 0,
+        load_size: SIZE,
+        batch: 64,
+        texture_components: 16,
+    };
+    let pca = dataset_pca(
+        open_dataset(&shapes)?.as_ref(),
+        &model,
+        &config,
+        &pca_opts,
+        &device,
+        |_, _| {},
+    )?;
+    pca.pca.save(&root.join("pca.safetensors"))?;
     let held_out =
         SyntheticShapes::new(2 * SCORED, SIZE, HELD_OUT_SEED)?.with_style(SyntheticStyle::Flat);
     let mut decoder = Decoder::new(&model, NoiseMode::Fixed(0));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use sae::model::native::f32_view_data;
-use sae::model::{GeneratorNoise, SwappingAutoencoder};
+use sae::model::{GeneratorNoise, SwappingAutoencoder, parse_device};
 use sae::nn::Style;
 use safetensors::SafeTensors;
 
@@ -25,19 +25,29 @@ const RTOL: f32 = 1e-4;
 const GRAD_RTOL: f32 = 1e-3;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("crates/sae-model/tests/fixtures")
-        .join(name)
+    let rel = Path::new("crates/sae-model/tests/fixtures").join(name);
+    let built_here = Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel);
+    // `tools/gpu-check.sh` runs this binary on another machine, from a copy of the repository.
+    if built_here.exists() { built_here } else { rel }
 }
 
-fn devices() -> Vec<(&'static str, Device)> {
+/// Flex always, ndarray and wgpu when compiled in; or, when `SAE_PARITY_DEVICE` names a device
+/// (`tools/gpu-check.sh`: `vulkan`, `cuda:0`, ...), flex and that device.
+fn devices() -> Vec<(String, Device)> {
     #[allow(unused_mut)]
-    let mut out = vec![("flex", Device::flex())];
+    let mut out = vec![("flex".to_string(), Device::flex())];
+    if let Ok(name) = std::env::var("SAE_PARITY_DEVICE") {
+        let device = parse_device(&name).unwrap_or_else(|e| panic!("SAE_PARITY_DEVICE: {e}"));
+        if name != "flex" {
+            out.push((name, device));
+        }
+        return out;
+    }
     #[cfg(feature = "ndarray")]
     #[allow(deprecated)]
-    out.push(("ndarray", Device::ndarray()));
+    out.push(("ndarray".into(), Device::ndarray()));
     #[cfg(feature = "wgpu")]
-    out.push(("wgpu", Device::wgpu(Default::default())));
+    out.push(("wgpu".into(), Device::wgpu(Default::default())));
     out
 }
 
@@ -79,6 +89,7 @@ fn close(backend: &str, name: &str, actual: TensorData, expected: &TensorData, g
 fn every_network_matches_the_reference_on_every_backend() {
     let io = read_io();
     for (backend, plain) in devices() {
+        let backend = backend.as_str();
         let device = plain.autodiff();
         let (model, _) = SwappingAutoencoder::load(&fixture("tiny_full_official.pth"), &device)
             .unwrap_or_else(|e| panic!("{backend}: {e}"));

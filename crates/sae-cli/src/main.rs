@@ -1,7 +1,10 @@
 //! `sae`: the Swapping Autoencoder command-line tool. Every flag is validated before any work,
 //! and a bad one is named in the error.
 
+mod serve;
+
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,11 +12,12 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, Subcommand, ValueEnum};
-use sae_data::{convert_to_zip, open_dataset};
+use sae_data::{DatasetPcaOptions, convert_to_zip, dataset_pca, open_dataset};
 use sae_model::atomic::write_atomic;
 use sae_model::image_io::{self, ImageTensor, Preprocess};
 use sae_model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
 use sae_model::native::save_native;
+use sae_model::pca::MAX_PCA_DIM;
 use sae_model::{ModelConfig, SwappingAutoencoder};
 use sae_nn::Style;
 use sae_train::{TRAIN_PRESETS, TrainArgs, launch, stop_on_signals};
@@ -235,6 +239,54 @@ enum Command {
         /// Also checkpoint every this many seconds (0: only by images) [default: 600].
         #[arg(long)]
         checkpoint_every_s: Option<u64>,
+    },
+    /// Principal directions of the structure codes (per location) and texture codes (per
+    /// image) over a seeded sample of a dataset: the file `sae serve --pca` edits along.
+    Pca {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The images: a folder (recursive), a .zip of images, or an LMDB folder (data.mdb).
+        #[arg(long)]
+        data: PathBuf,
+        /// The output `.safetensors`.
+        #[arg(long)]
+        out: PathBuf,
+        /// How many images to sample (all of a smaller dataset).
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// The sample's seed: the same seed picks the same images.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Every image is resized to this square size before encoding.
+        #[arg(long, default_value_t = 256)]
+        load_size: usize,
+        /// How many texture components to keep (structure codes keep all).
+        #[arg(long, default_value_t = 64)]
+        texture_components: usize,
+        /// Images per encoder call.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+    },
+    /// The interactive editor as a local web app: swaps, texture mixing, region editing and
+    /// PCA edits (open the printed address in a browser).
+    Serve {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The PCA file of `sae pca` (enables the structure and texture direction edits).
+        #[arg(long)]
+        pca: Option<PathBuf>,
+        /// Address to listen on; anything but a loopback address serves other machines too.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port (0: any free port; the address is printed).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Every image is resized to this square size.
+        #[arg(long, default_value_t = 256)]
+        load_size: usize,
+        /// The most pixels an uploaded image may decode to.
+        #[arg(long, default_value_t = 4096 * 4096)]
+        max_pixels: usize,
     },
     /// Dataset tools.
     Data {
@@ -589,6 +641,54 @@ fn run(cli: Cli) -> Res<()> {
             println!("wrote {n} images to {}", to.display());
             Ok(())
         }
+        Command::Pca {
+            checkpoint,
+            data,
+            out,
+            images,
+            seed,
+            load_size,
+            texture_components,
+            batch,
+        } => pca_command(
+            &checkpoint,
+            &data,
+            &out,
+            &DatasetPcaOptions {
+                images,
+                seed,
+                load_size,
+                batch,
+                texture_components,
+            },
+            &device,
+        ),
+        Command::Serve {
+            checkpoint,
+            pca,
+            host,
+            port,
+            load_size,
+            max_pixels,
+        } => {
+            check_load_size(Some(load_size))?;
+            if !load_size.is_multiple_of(16) {
+                return Err(format!(
+                    "--load-size {load_size}: must be a multiple of 16 (the images the encoder takes)"
+                ));
+            }
+            check_max_pixels(max_pixels)?;
+            serve::serve(
+                serve::ServeOptions {
+                    checkpoint,
+                    pca,
+                    addr: std::net::SocketAddr::new(host, port),
+                    load_size,
+                    max_pixels,
+                },
+                device,
+            )
+        }
         Command::Init { preset, seed, out } => {
             if out.extension().is_none_or(|e| e != "safetensors") {
                 return Err(format!("--out {}: name it *.safetensors", out.display()));
@@ -858,6 +958,92 @@ fn run(cli: Cli) -> Res<()> {
             Ok(())
         }
     }
+}
+
+/// `sae pca`: every flag checked before the model or the data is read.
+fn pca_command(
+    checkpoint: &Path,
+    data: &Path,
+    out: &Path,
+    opts: &DatasetPcaOptions,
+    device: &Device,
+) -> Res<()> {
+    if out.extension().is_none_or(|e| e != "safetensors") {
+        return Err(format!("--out {}: name it *.safetensors", out.display()));
+    }
+    if !(2..=10_000_000).contains(&opts.images) {
+        return Err(format!(
+            "--images {}: must be between 2 and 10000000",
+            opts.images
+        ));
+    }
+    if !(1..=256).contains(&opts.batch) {
+        return Err(format!("--batch {}: must be between 1 and 256", opts.batch));
+    }
+    if !(1..=MAX_PCA_DIM).contains(&opts.texture_components) {
+        return Err(format!(
+            "--texture-components {}: must be between 1 and {MAX_PCA_DIM}",
+            opts.texture_components
+        ));
+    }
+    check_load_size(Some(opts.load_size))?;
+    let dataset = open_dataset(data).map_err(|e| format!("--data: {e}"))?;
+    let (model, config) = load_model(checkpoint, device)?;
+    let step = 1usize << config.encoder.num_downsampling_sp;
+    let min = config.encoder.min_input_size();
+    if opts.load_size < min || !opts.load_size.is_multiple_of(step) {
+        return Err(format!(
+            "--load-size {}: this checkpoint's encoder needs a multiple of {step} of at least {min}",
+            opts.load_size
+        ));
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut last_tenth = 0;
+    let result = dataset_pca(
+        dataset.as_ref(),
+        &model,
+        &config,
+        opts,
+        device,
+        |done, total| {
+            if tty {
+                let filled = 30 * done / total.max(1);
+                eprint!(
+                    "\r[{}{}] {done}/{total} images",
+                    "#".repeat(filled),
+                    " ".repeat(30 - filled)
+                );
+            } else if 10 * done / total.max(1) > last_tenth {
+                last_tenth = 10 * done / total.max(1);
+                eprintln!("{done}/{total} images");
+            }
+        },
+    )
+    .map_err(|e| format!("--data: {e}"))?;
+    if tty {
+        eprintln!();
+    }
+    for (image, reason) in &result.skipped {
+        eprintln!("skipped {image}: {reason}");
+    }
+    result.pca.save(out).map_err(|e| format!("--out: {e}"))?;
+    let (s, t) = (&result.pca.structure, &result.pca.texture);
+    let share = |p: &sae_model::Pca, k: usize| {
+        let total: f32 = p.variances.iter().sum();
+        100.0 * p.variances.iter().take(k).sum::<f32>() / total.max(f32::MIN_POSITIVE)
+    };
+    println!(
+        "wrote {}: {} images; structure: {} components over {} locations (first 3: {:.0} % of \
+         the variance); texture: {} components (first 3: {:.0} %)",
+        out.display(),
+        t.images,
+        s.len(),
+        s.samples,
+        share(s, 3),
+        t.len(),
+        share(t, 3)
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{asset, checkpoint, grid as grid_cmd, sae, stderr, workdir};
+use common::{asset, checkpoint, grid as grid_cmd, sae, small_config, stderr, workdir};
 
 /// `sae swap` of the demo scenes a (structure) and b (texture) at α = 0, 0.5, 1, with `--raw`.
 fn swap_raw(ckpt: &str, out: &Path) -> Output {
@@ -253,4 +253,93 @@ fn bad_input_is_named() {
 
     let o = sae(&["--device", "tpu", "info", &ckpt]);
     assert!(stderr(&o).contains("--device"), "{}", stderr(&o));
+}
+
+/// `sae pca`: a seeded sample of a dataset, written as a PCA file that loads; the same seed
+/// gives the same file, another seed other images; bad flags are named.
+#[test]
+fn pca_over_a_dataset() {
+    let dir = workdir("pca");
+    let ckpt = checkpoint(&dir);
+    let data = dir.join("images");
+    sae_data::write_synthetic_folder(&data, 10, 128, 5).unwrap();
+    let run = |out: &str, seed: &str, images: &str| {
+        let out = dir.join(out);
+        let o = sae(&[
+            "pca",
+            "--checkpoint",
+            &ckpt,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--images",
+            images,
+            "--seed",
+            seed,
+            "--load-size",
+            "128",
+            "--batch",
+            "3",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        sae_model::CodePca::load(&out).unwrap()
+    };
+    let a = run("a.safetensors", "1", "6");
+    let pca = a.clone();
+    let config = small_config();
+    assert_eq!(pca.structure.dim, config.encoder.spatial_code_ch);
+    assert_eq!(pca.texture.dim, config.encoder.global_code_ch);
+    assert_eq!(pca.texture.images, 6);
+    // 128 px at 1/16: 8×8 locations per image.
+    assert_eq!(pca.structure.samples, 6 * 64);
+    // Six images span at most five texture directions.
+    assert_eq!(pca.texture.len(), 5);
+    // (The files' bytes may differ: safetensors writes its metadata map in hash order.)
+    assert_eq!(run("b.safetensors", "1", "6"), a, "same seed, same PCA");
+    assert_ne!(
+        run("c.safetensors", "2", "6"),
+        a,
+        "another seed samples other images"
+    );
+    // More images than the dataset holds: all of them.
+    let all = run("d.safetensors", "1", "50");
+    assert_eq!(all.texture.images, 10);
+
+    for (flag, value, needle) in [
+        ("--images", "1", "--images 1"),
+        ("--load-size", "100", "--load-size 100"),
+        ("--batch", "0", "--batch 0"),
+        ("--texture-components", "0", "--texture-components 0"),
+        ("--out", "p.png", "--out"),
+    ] {
+        let out = dir.join("bad.safetensors");
+        let mut args = vec![
+            "pca",
+            "--checkpoint",
+            &ckpt,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if flag != "--load-size" {
+            args.extend(["--load-size", "128"]);
+        }
+        args.extend([flag, value]);
+        let o = sae(&args);
+        assert!(!o.status.success(), "{flag} {value} was accepted");
+        assert!(stderr(&o).contains(needle), "{flag}: {}", stderr(&o));
+    }
+    let o = sae(&[
+        "pca",
+        "--checkpoint",
+        &ckpt,
+        "--data",
+        dir.join("missing").to_str().unwrap(),
+        "--out",
+        dir.join("x.safetensors").to_str().unwrap(),
+    ]);
+    assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

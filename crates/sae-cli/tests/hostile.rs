@@ -393,3 +393,117 @@ fn colliding_output_names_are_refused() {
         "nothing was written into --out"
     );
 }
+
+/// `sae serve` as a hostile client uses it: garbage and oversized images, unknown ids, bad
+/// numbers and masks, paths in the URL. Each a 4xx answer naming the problem; the server keeps
+/// serving.
+#[test]
+fn the_server_refuses_bad_requests() {
+    let dir = workdir("serve");
+    let ckpt = checkpoint(&dir);
+    // Flags are checked before anything starts.
+    for (flag, value, needle) in [
+        ("--load-size", "100", "multiple of 16"),
+        ("--load-size", "8", "--load-size 8"),
+        ("--max-pixels", "999999999999", "--max-pixels"),
+    ] {
+        refused(
+            &sae(&["serve", "--checkpoint", &ckpt, flag, value, "--port", "0"]),
+            needle,
+        );
+    }
+    refused(
+        &sae(&[
+            "serve",
+            "--checkpoint",
+            &ckpt,
+            "--pca",
+            "/nonexistent",
+            "--port",
+            "0",
+        ]),
+        "--pca",
+    );
+    let (_server, url) = common::serve(&["--checkpoint", &ckpt, "--load-size", "128"]);
+    let post = |path: &str, body: &[u8]| -> (u16, String) {
+        match ureq::post(&format!("{url}{}", path.trim_start_matches('/'))).send_bytes(body) {
+            Ok(r) => (r.status(), String::new()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    };
+    // Not an image; a PNG header claiming 100000 × 100000 pixels (refused before decoding).
+    let (code, body) = post("/api/image", b"not an image at all");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("not"), "{body}");
+    let mut huge = Vec::new();
+    {
+        let enc = image::codecs::png::PngEncoder::new(&mut huge);
+        use image::ImageEncoder;
+        enc.write_image(&[0u8; 3], 1, 1, image::ExtendedColorType::Rgb8)
+            .unwrap();
+    }
+    // Patch the IHDR width and height (bytes 16..24) to 100000 (the CRC then fails, which a
+    // decoder may notice first: either way a refusal, never an allocation of 30 GB).
+    huge[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    huge[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let (code, body) = post("/api/image", &huge);
+    assert_eq!(code, 422, "{body}");
+    // A real upload works; then bad renders.
+    let png = std::fs::read(asset("scene_a.png")).unwrap();
+    let ok: serde_json::Value = ureq::post(&format!("{url}api/image"))
+        .send_bytes(&png)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let id = ok["id"].as_u64().unwrap();
+    for (req, needle) in [
+        (
+            serde_json::json!({"structure": 999, "texture": id, "alpha": 0.5}),
+            "not (or no longer) loaded",
+        ),
+        (
+            serde_json::json!({"structure": id, "texture": id, "alpha": 7.0}),
+            "alpha",
+        ),
+        (
+            serde_json::json!({"structure": id, "texture": id, "alpha": 0.5, "mask": "%%%"}),
+            "base64",
+        ),
+        (
+            serde_json::json!({"structure": id, "texture": id, "alpha": 0.5, "mask": "AAAA"}),
+            "one byte per pixel",
+        ),
+        (
+            serde_json::json!({"structure": id, "texture": id, "alpha": 0.5, "structure_edit": [0, 1.0]}),
+            "no PCA",
+        ),
+        (serde_json::json!({"structure": id}), "render request"),
+    ] {
+        let (code, body) = post("/api/render", req.to_string().as_bytes());
+        assert!((400..500).contains(&code), "{req}: {code} {body}");
+        assert!(body.contains(needle), "{req}: {body}");
+    }
+    let (code, body) = post(
+        "/api/similar",
+        serde_json::json!({"structure": id, "point": [5000, 1], "threshold": 0.5})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("outside"), "{body}");
+    // Paths never reach the file system.
+    for path in [
+        "/api/gallery/..%2F..%2Fetc%2Fpasswd",
+        "/api/gallery/scene_z",
+    ] {
+        let (code, _) = post(path, b"");
+        assert_eq!(code, 404, "{path}");
+    }
+    // Still serving.
+    let r = ureq::post(&format!("{url}api/render"))
+        .send_string(&serde_json::json!({"structure": id, "texture": id, "alpha": 0.0}).to_string())
+        .unwrap();
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -54,7 +54,7 @@ pub fn sample_seed(seed: u64, epoch: u64, position: u64) -> u64 {
 
 /// The order of `n` images in `epoch`: a Fisher–Yates shuffle driven by Xoshiro256++ seeded
 /// from `(seed, epoch)`.
-fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
+pub(crate) fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(PERMUTATION_DOMAIN, seed, epoch, 0));
     // `n` fits u32: Loader::new checks it.
     let mut perm: Vec<u32> = (0..n as u32).collect();

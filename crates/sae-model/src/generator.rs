@@ -197,10 +197,7 @@ impl Generator {
         texture: Style,
         mut noise: GeneratorNoise,
     ) -> Tensor<4> {
-        let style = match texture {
-            Style::Global(g) => Style::Global(normalize(g)),
-            Style::Spatial(g) => Style::Spatial(normalize(g)),
-        };
+        let style = texture.normalized();
         let mut x = self
             .spatial_code_modulation
             .forward(normalize(structure), &style);

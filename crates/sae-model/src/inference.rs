@@ -204,7 +204,8 @@ impl<'a> Decoder<'a> {
 
     /// Region editing: texture `a` inside `mask`, texture `b` outside, as one spatially varying
     /// texture code `mask·a + (1 − mask)·b` at the mask's resolution, bilinearly resized by every
-    /// layer. Works for any batch.
+    /// layer (as [`Style::Blend`], which never builds the `[batch, D, mh, mw]` code). Works for
+    /// any batch.
     ///
     /// # Shapes
     /// - `structure`: `[batch, C, h, w]`; `a`, `b`: `[batch, D]`; `mask`: `[batch or 1, 1, mh, mw]` in `[0, 1]`
@@ -215,13 +216,16 @@ impl<'a> Decoder<'a> {
         b: Tensor<2>,
         mask: Tensor<4>,
     ) -> Tensor<4> {
-        let [batch, d] = a.dims();
+        let [batch, _] = a.dims();
         let [_, _, mh, mw] = mask.dims();
-        let a = a.reshape([batch, d, 1, 1]);
-        let b = b.reshape([batch, d, 1, 1]);
         let m = mask.expand([batch, 1, mh, mw]);
-        let code = a * m.clone() + b * (m.neg() + 1.0);
-        self.decode(structure, Style::Spatial(code))
+        let style = Style::Blend {
+            a,
+            b,
+            wb: m.clone().neg() + 1.0,
+            wa: m,
+        };
+        self.decode(structure, style)
     }
 }
 

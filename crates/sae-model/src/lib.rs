@@ -10,6 +10,7 @@ pub mod atomic;
 pub mod channels;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod discriminator;
 pub mod encoder;
 pub mod generator;
@@ -17,11 +18,16 @@ pub mod image_io;
 pub mod inference;
 pub mod model;
 pub mod native;
+pub mod pca;
 
 pub use config::{ConfigError, Preset, SwappingAutoencoderConfig};
+pub use device::{DeviceError, DeviceSpec, parse_device};
 pub use discriminator::{
     Discriminator, DiscriminatorConfig, PatchDiscriminator, PatchDiscriminatorConfig,
 };
 pub use encoder::{Codes, Encoder, EncoderConfig};
 pub use generator::{Generator, GeneratorBlock, GeneratorConfig, GeneratorNoise};
 pub use model::{CheckpointFormat, LoadError, ModelConfig, OfficialError, SwappingAutoencoder};
+pub use pca::{
+    CodePca, CodePcaBuilder, CovarianceAccumulator, Pca, PcaError, PcaKind, self_similarity_mask,
+};

@@ -149,6 +149,10 @@ impl burn::module::ModuleMapper for NoiseOn {
     }
 }
 
+fn other_texture(model: &SwappingAutoencoder, device: &Device) -> Tensor<2> {
+    model.e.forward(images(2, device)).texture
+}
+
 #[test]
 fn masked_texture_and_structure_edits() {
     let device = Device::default();
@@ -184,6 +188,26 @@ fn masked_texture_and_structure_edits() {
     assert!(
         max_diff(outside, rec) < 1e-5,
         "an empty mask keeps the texture"
+    );
+
+    // The blended style is the explicit spatial code `m·a + (1 − m)·b`, decoded as such, for
+    // a soft mask at another resolution than the structure code. 1e-5: the same function
+    // computed in another order (rounding of a few ulps through the network).
+    let soft = Tensor::<4>::random(
+        [2, 1, 3 * h, 2 * w],
+        burn::tensor::Distribution::Uniform(0.0, 1.0),
+        &device,
+    );
+    let (a, b) = (other_texture(&model, &device), codes.texture.clone());
+    let blended = dec.decode_masked(codes.structure.clone(), a.clone(), b.clone(), soft.clone());
+    let [n, d] = a.dims();
+    let explicit =
+        a.reshape([n, d, 1, 1]) * soft.clone() + b.reshape([n, d, 1, 1]) * (soft.neg() + 1.0);
+    let spatial = dec.decode(codes.structure.clone(), Style::Spatial(explicit));
+    let diff = max_diff(blended, spatial);
+    assert!(
+        diff < 1e-5,
+        "blend and explicit spatial code differ by {diff}"
     );
 
     let direction = Tensor::<1>::ones([4], &device);

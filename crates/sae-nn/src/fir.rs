@@ -8,6 +8,7 @@ use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::fir_op::fir_depthwise;
 use crate::shape::check_nonempty;
 
 /// A separable 2-D FIR kernel: `K = gain · outer(t, t) / sum(outer(t, t))` for 1-D taps `t`
@@ -65,6 +66,14 @@ impl FirKernel {
             }
         }
         out
+    }
+
+    /// The same kernel reversed on both axes (the adjoint filter).
+    pub fn reversed(&self) -> Self {
+        Self {
+            taps: self.taps.iter().rev().copied().collect(),
+            gain: self.gain,
+        }
     }
 
     /// Depthwise conv weight `[channels, 1, k, k]`, flipped on both axes so that Burn's
@@ -147,7 +156,14 @@ pub fn upfirdn2d(
             x
         };
     }
-    let weight = kernel.depthwise_weight(c, &x.device());
+    let device = x.device();
+    let weight = kernel.depthwise_weight(c, &device);
+    if down == 1 && q0 < kernel.size() && q1 < kernel.size() {
+        // Every blur of the networks: the operation whose backward pass is a depthwise conv
+        // too (`fir_op`), not Burn's generic transposed conv.
+        let reversed = kernel.reversed().depthwise_weight(c, &device);
+        return fir_depthwise(x, weight, reversed, [q0, q1]);
+    }
     conv2d(
         x,
         weight,
@@ -249,13 +265,9 @@ impl Blur {
             "Blur::input_vjp: reflection padding has no input VJP (only the encoder uses it)"
         );
         let k = self.kernel.size() as i64;
-        let reversed = FirKernel {
-            taps: self.kernel.taps.iter().rev().copied().collect(),
-            gain: self.kernel.gain,
-        };
         upfirdn2d(
             g,
-            &reversed,
+            &self.kernel.reversed(),
             1,
             1,
             [k - 1 - self.pad[0], k - 1 - self.pad[1]],

@@ -32,6 +32,7 @@ pub mod conv;
 pub mod crop;
 pub mod equal;
 pub mod fir;
+mod fir_op;
 pub mod modulated;
 pub mod noise;
 pub mod params;

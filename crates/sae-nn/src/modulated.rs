@@ -18,6 +18,9 @@ use crate::resample::bilinear_resize;
 use crate::shape::{check_batch, check_channels};
 
 /// A texture code as the generator's layers consume it.
+// A style lives for one generator call and is passed by reference: the size of its largest
+// variant costs nothing that boxing it would save.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Style {
     /// One code per image, `[batch, style_dim]`.
@@ -26,6 +29,24 @@ pub enum Style {
     /// (`align_corners=False`) to each layer's input size. The official code supports only
     /// batch 1 here; this works for any batch and equals it at batch 1.
     Spatial(Tensor<4>),
+    /// The spatially varying code `wa·a + wb·b` with per-pixel weights: region editing (two
+    /// textures and a mask) without materialising a `[batch, style_dim, h, w]` code. Every
+    /// layer resizes the code bilinearly and maps it linearly, and both are linear in the
+    /// weights, so resizing the two 1-channel weight maps and combining the two mapped codes
+    /// is the same function as [`Style::Spatial`] of the explicit code, at the cost of the
+    /// layer's output channels instead of `style_dim` per pixel.
+    ///
+    /// - `a`, `b`: `[batch, style_dim]`; `wa`, `wb`: `[batch, 1, h, w]`
+    Blend {
+        /// The first code.
+        a: Tensor<2>,
+        /// The second code.
+        b: Tensor<2>,
+        /// Its weight per pixel.
+        wa: Tensor<4>,
+        /// The second code's weight per pixel.
+        wb: Tensor<4>,
+    },
 }
 
 impl Style {
@@ -34,6 +55,7 @@ impl Style {
         match self {
             Style::Global(g) => g.dims()[0],
             Style::Spatial(g) => g.dims()[0],
+            Style::Blend { a, .. } => a.dims()[0],
         }
     }
 
@@ -41,6 +63,38 @@ impl Style {
         match self {
             Style::Global(g) => g.dims().to_vec(),
             Style::Spatial(g) => g.dims().to_vec(),
+            Style::Blend { a, wa, .. } => {
+                let [b, d] = a.dims();
+                let [_, _, h, w] = wa.dims();
+                vec![b, d, h, w]
+            }
+        }
+    }
+
+    /// The code L2-normalised per pixel (per sample for a global code), as the generator
+    /// takes it (`sae_nn::normalize`). For [`Style::Blend`] the weights are divided by the
+    /// norm of `wa·a + wb·b`, computed per pixel from `|a|²`, `a·b` and `|b|²`.
+    pub fn normalized(self) -> Style {
+        match self {
+            Style::Global(g) => Style::Global(crate::normalize(g)),
+            Style::Spatial(g) => Style::Spatial(crate::normalize(g)),
+            Style::Blend { a, b, wa, wb } => {
+                let [n, _] = a.dims();
+                let dot = |x: &Tensor<2>, y: &Tensor<2>| {
+                    (x.clone() * y.clone()).sum_dim(1).reshape([n, 1, 1, 1])
+                };
+                let (aa, ab, bb) = (dot(&a, &a), dot(&a, &b), dot(&b, &b));
+                let norm_sq = wa.clone() * wa.clone() * aa
+                    + wa.clone() * wb.clone() * ab * 2.0
+                    + wb.clone() * wb.clone() * bb;
+                let inv = (norm_sq + 1e-8).sqrt().recip();
+                Style::Blend {
+                    a,
+                    b,
+                    wa: wa * inv.clone(),
+                    wb: wb * inv,
+                }
+            }
         }
     }
 
@@ -59,6 +113,21 @@ impl Style {
                 s.reshape([b, c, 1, 1])
             }
             Style::Spatial(g) => bilinear_resize(linear.forward_spatial(g.clone()), size),
+            Style::Blend { a, b, wa, wb } => {
+                // W(wa·a + wb·b) + bias = wa·(lin(a) − lin(0)) + wb·(lin(b) − lin(0)) + lin(0).
+                let [n, d] = a.dims();
+                let zero = linear.forward(Tensor::zeros([1, d], &a.device()));
+                let c = zero.dims()[1];
+                let mapped = |x: &Tensor<2>| {
+                    (linear.forward(x.clone()) - zero.clone()).reshape([n, c, 1, 1])
+                };
+                let (la, lb) = (mapped(a), mapped(b));
+                let (ra, rb) = (
+                    bilinear_resize(wa.clone(), size),
+                    bilinear_resize(wb.clone(), size),
+                );
+                ra * la + rb * lb + zero.reshape([1, c, 1, 1])
+            }
         }
     }
 }

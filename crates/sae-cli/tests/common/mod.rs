@@ -71,3 +71,37 @@ pub fn grid(ckpt: &str, structures: &Path, textures: &Path, out: &Path) -> Outpu
         out.to_str().unwrap(),
     ])
 }
+
+/// Kills the child process when dropped, however the test ends.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `sae serve --port 0 ARGS` and returns it with its address (`http://127.0.0.1:N/`).
+pub fn serve(args: &[&str]) -> (Guard, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sae serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let guard = Guard(child);
+    let url = line
+        .trim()
+        .strip_prefix("serving on ")
+        .unwrap_or_else(|| panic!("sae serve printed {line:?} first"))
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (guard, url)
+}

@@ -1,0 +1,177 @@
+//! Device names as the command line and the examples spell them: `flex`, `ndarray`, `wgpu`,
+//! `wgpu:1`, `vulkan:0`, `cuda:3`. One parser, so that every binary accepts the same names and
+//! names the backends it was built with when a name is wrong.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+use thiserror::Error;
+
+/// A backend and, for GPU backends, which device of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// Burn's Flex CPU backend (feature `flex`).
+    Flex,
+    /// Burn's ndarray CPU backend (feature `ndarray`).
+    NdArray,
+    /// wgpu's default adapter (`None`) or its `n`-th discrete GPU (feature `wgpu`).
+    Wgpu(Option<usize>),
+    /// Vulkan through wgpu with SPIR-V kernels: default adapter or `n`-th discrete GPU
+    /// (feature `vulkan`).
+    Vulkan(Option<usize>),
+    /// CUDA device `n` (feature `cuda`).
+    Cuda(usize),
+}
+
+/// A device name that does not parse or names a backend this build lacks.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("device `{spec}`: {problem} (this build has: {})", compiled_backends().join(", "))]
+pub struct DeviceError {
+    /// The name as given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// The backend names this build accepts.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if cfg!(feature = "flex") {
+        out.push("flex");
+    }
+    if cfg!(feature = "ndarray") {
+        out.push("ndarray");
+    }
+    if cfg!(feature = "wgpu") {
+        out.push("wgpu[:N]");
+    }
+    if cfg!(feature = "vulkan") {
+        out.push("vulkan[:N]");
+    }
+    if cfg!(feature = "cuda") {
+        out.push("cuda[:N]");
+    }
+    out
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
+        let bad = |problem: String| DeviceError {
+            spec: s.to_string(),
+            problem,
+        };
+        let (name, index) = match s.split_once(':') {
+            Some((name, i)) => match i.parse::<usize>() {
+                Ok(i) if i < 64 => (name, Some(i)),
+                _ => return Err(bad(format!("`{i}` is not a device index (0 to 63)"))),
+            },
+            None => (s, None),
+        };
+        let spec = match name {
+            "flex" | "ndarray" if index.is_some() => {
+                return Err(bad(format!(
+                    "the {name} backend has one device and no index"
+                )));
+            }
+            "flex" => DeviceSpec::Flex,
+            "ndarray" => DeviceSpec::NdArray,
+            "wgpu" => DeviceSpec::Wgpu(index),
+            "vulkan" => DeviceSpec::Vulkan(index),
+            "cuda" => DeviceSpec::Cuda(index.unwrap_or(0)),
+            _ => return Err(bad("unknown backend".into())),
+        };
+        let compiled = match spec {
+            DeviceSpec::Flex => cfg!(feature = "flex"),
+            DeviceSpec::NdArray => cfg!(feature = "ndarray"),
+            DeviceSpec::Wgpu(_) => cfg!(feature = "wgpu"),
+            DeviceSpec::Vulkan(_) => cfg!(feature = "vulkan"),
+            DeviceSpec::Cuda(_) => cfg!(feature = "cuda"),
+        };
+        if !compiled {
+            return Err(bad(format!(
+                "this build has no {name} backend (rebuild with `--features {name}`)"
+            )));
+        }
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Flex => write!(f, "flex"),
+            DeviceSpec::NdArray => write!(f, "ndarray"),
+            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
+            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Vulkan(None) => write!(f, "vulkan"),
+            DeviceSpec::Vulkan(Some(i)) => write!(f, "vulkan:{i}"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The Burn device. Parsing checked that its backend is compiled in.
+    #[allow(unreachable_patterns, unused_variables)]
+    pub fn device(self) -> Device {
+        match self {
+            #[cfg(feature = "flex")]
+            DeviceSpec::Flex => Device::flex(),
+            #[cfg(feature = "ndarray")]
+            #[allow(deprecated)]
+            DeviceSpec::NdArray => Device::ndarray(),
+            #[cfg(feature = "wgpu")]
+            DeviceSpec::Wgpu(i) => Device::wgpu(gpu_kind(i)),
+            #[cfg(feature = "vulkan")]
+            DeviceSpec::Vulkan(i) => Device::vulkan(gpu_kind(i)),
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(i) => Device::cuda(i),
+            other => unreachable!("DeviceSpec {other} was parsed without its backend"),
+        }
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+fn gpu_kind(index: Option<usize>) -> burn::tensor::DeviceKind {
+    match index {
+        None => burn::tensor::DeviceKind::DefaultDevice,
+        Some(i) => burn::tensor::DeviceKind::DiscreteGpu(i),
+    }
+}
+
+/// Parses `name` and returns its device (see [`DeviceSpec`]).
+///
+/// # Errors
+/// [`DeviceError`] naming the problem and the backends this build has.
+pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
+    name.parse::<DeviceSpec>().map(DeviceSpec::device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_bad_names_are_named() {
+        for s in ["flex", "wgpu", "wgpu:1", "vulkan:0", "cuda:3", "ndarray"] {
+            if let Ok(spec) = s.parse::<DeviceSpec>() {
+                assert_eq!(spec.to_string(), s);
+            }
+        }
+        assert_eq!("flex".parse(), Ok(DeviceSpec::Flex));
+        for (s, needle) in [
+            ("metal", "unknown backend"),
+            ("cuda:x", "not a device index"),
+            ("wgpu:99", "not a device index"),
+            ("flex:0", "no index"),
+            ("", "unknown backend"),
+        ] {
+            let e = s.parse::<DeviceSpec>().unwrap_err();
+            assert!(e.to_string().contains(needle), "{s}: {e}");
+            assert!(e.to_string().contains("this build has: flex"), "{e}");
+        }
+    }
+}
