@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::{Guard, asset, checkpoint, sae, stderr, workdir};
+use common::{Guard, asset, checkpoint, stderr, workdir};
 use sae_model::image_io::{self, Preprocess};
 use sae_model::inference::{Decoder, NoiseMode, images_to_tensor, mix_textures, tensor_to_images};
 use sae_model::{CodePca, SwappingAutoencoder};
@@ -279,17 +279,7 @@ fn the_editor_in_a_browser_matches_the_library() {
     let data = dir.join("images");
     sae_data::write_synthetic_folder(&data, 12, SIZE, 3).unwrap();
     let pca_path = dir.join("pca.safetensors");
-    let o = sae(&[
-        "pca",
-        "--checkpoint",
-        &ckpt,
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        pca_path.to_str().unwrap(),
-        "--load-size",
-        "128",
-    ]);
+    let o = common::pca(&ckpt, &data, &pca_path, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let pca_arg = pca_path.to_string_lossy().into_owned();

@@ -265,23 +265,12 @@ fn pca_over_a_dataset() {
     sae_data::write_synthetic_folder(&data, 10, 128, 5).unwrap();
     let run = |out: &str, seed: &str, images: &str| {
         let out = dir.join(out);
-        let o = sae(&[
-            "pca",
-            "--checkpoint",
+        let o = common::pca(
             &ckpt,
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--images",
-            images,
-            "--seed",
-            seed,
-            "--load-size",
-            "128",
-            "--batch",
-            "3",
-        ]);
+            &data,
+            &out,
+            &["--images", images, "--seed", seed, "--batch", "3"],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         sae_model::CodePca::load(&out).unwrap()
     };

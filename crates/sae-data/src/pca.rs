@@ -41,6 +41,9 @@ pub enum DatasetPcaError {
     /// Options out of range.
     #[error("{0}")]
     Options(String),
+    /// The decoded images could not form a batch.
+    #[error(transparent)]
+    Image(#[from] sae_model::image_io::ImageError),
     /// The PCA itself.
     #[error(transparent)]
     Pca(#[from] PcaError),
@@ -99,8 +102,7 @@ pub fn dataset_pca(
             }
         }
         if !images.is_empty() {
-            let x = images_to_tensor(&images, device)
-                .map_err(|e| DatasetPcaError::Options(e.to_string()))?;
+            let x = images_to_tensor(&images, device)?;
             builder.add(&model.e.forward(x))?;
         }
         progress(((done + 1) * opts.batch).min(n), n);

@@ -105,3 +105,20 @@ pub fn serve(args: &[&str]) -> (Guard, String) {
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     (guard, url)
 }
+
+/// `sae pca` of `ckpt` over the images in `data` into `out`, at 128 px, with `extra` flags.
+pub fn pca(ckpt: &str, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "pca",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--load-size",
+        "128",
+    ];
+    args.extend(extra);
+    sae(&args)
+}
