@@ -11,9 +11,8 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
-use sae::train::{TrainArgs, launch, stop_on_signals};
+use sae::train::{TrainArgs, launch, stop_on_signals, train_devices};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Category {
@@ -54,6 +53,16 @@ struct Args {
     /// Continue the run in --out.
     #[arg(long)]
     resume: bool,
+    /// The device: flex, ndarray, wgpu[:N], vulkan[:N] or cuda[:N] (of the backends this
+    /// binary was built with); Burn's default device (a GPU if one is compiled in) otherwise.
+    #[arg(long)]
+    device: Option<String>,
+    /// Train data-parallel on these devices, comma-separated in chunk order, e.g.
+    /// cuda:0,cuda:1,cuda:2,cuda:3. Each takes whole chunks of the batch, so the count must
+    /// divide the preset's official GPU count (church 4, bedroom and FFHQ 8). --resume may use
+    /// another list.
+    #[arg(long)]
+    devices: Option<String>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,7 +80,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         resume: a.resume,
         ..TrainArgs::default()
     };
+    let devices = train_devices(a.device.as_deref(), a.devices.as_deref())?;
     let stop = stop_on_signals()?;
-    launch(&args, &Device::default(), &stop)?;
+    launch(&args, devices, &stop)?;
     Ok(())
 }

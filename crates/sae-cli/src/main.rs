@@ -18,9 +18,9 @@ use sae_model::image_io::{self, ImageTensor, Preprocess};
 use sae_model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
 use sae_model::native::save_native;
 use sae_model::pca::MAX_PCA_DIM;
-use sae_model::{ModelConfig, SwappingAutoencoder};
+use sae_model::{DeviceSpec, ModelConfig, SwappingAutoencoder};
 use sae_nn::Style;
-use sae_train::{TRAIN_PRESETS, TrainArgs, launch, stop_on_signals};
+use sae_train::{TRAIN_PRESETS, TrainArgs, TrainDevices, launch, stop_on_signals};
 
 /// The largest `--load-size`: 8192 px, four times the largest official model.
 const MAX_LOAD_SIZE: usize = 8192;
@@ -37,51 +37,31 @@ const DEFAULT_MAX_PIXELS: usize = 1024 * 1024;
     about = "Swapping Autoencoder: inspect, convert, encode, swap"
 )]
 struct Cli {
-    /// Backend to run on (only the backends compiled into this binary are offered).
-    #[arg(long, global = true, value_enum, default_value_t = Backend::default_choice())]
-    device: Backend,
+    /// Device to run on: flex, ndarray, wgpu[:N], vulkan[:N] or cuda[:N], of the backends
+    /// compiled into this binary.
+    /// [default: flex; without it cuda, wgpu, vulkan, ndarray, the first compiled in]
+    #[arg(long, global = true, value_parser = parse_device_spec)]
+    device: Option<DeviceSpec>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum Backend {
-    #[cfg(feature = "flex")]
-    Flex,
-    #[cfg(feature = "ndarray")]
-    Ndarray,
-    #[cfg(feature = "wgpu")]
-    Wgpu,
-    #[cfg(feature = "cuda")]
-    Cuda,
+fn parse_device_spec(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|e: sae_model::DeviceError| e.to_string())
 }
 
-impl Backend {
-    #[allow(unreachable_code)]
-    fn default_choice() -> Self {
-        #[cfg(feature = "flex")]
-        return Backend::Flex;
-        #[cfg(feature = "cuda")]
-        return Backend::Cuda;
-        #[cfg(feature = "wgpu")]
-        return Backend::Wgpu;
-        #[cfg(feature = "ndarray")]
-        return Backend::Ndarray;
-    }
-
-    fn device(self) -> Device {
-        match self {
-            #[cfg(feature = "flex")]
-            Backend::Flex => Device::flex(),
-            #[cfg(feature = "ndarray")]
-            #[allow(deprecated)]
-            Backend::Ndarray => Device::ndarray(),
-            #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Device::wgpu(Default::default()),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda => Device::cuda(0),
-        }
-    }
+/// flex when compiled in (a plain `cargo build`), else a GPU backend, else ndarray.
+#[allow(unreachable_code)]
+fn default_device() -> DeviceSpec {
+    #[cfg(feature = "flex")]
+    return DeviceSpec::Flex;
+    #[cfg(feature = "cuda")]
+    return DeviceSpec::Cuda(0);
+    #[cfg(feature = "wgpu")]
+    return DeviceSpec::Wgpu(None);
+    #[cfg(feature = "vulkan")]
+    return DeviceSpec::Vulkan(None);
+    DeviceSpec::NdArray
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -223,9 +203,16 @@ enum Command {
         #[arg(long)]
         batch: Option<usize>,
         /// Split each batch into this many chunks as the official multi-GPU run did (pairs and
-        /// reconstructed halves per chunk); defaults to the preset's GPU count, or 1 with --batch.
+        /// reconstructed halves per chunk); defaults to the preset's GPU count, or with --batch
+        /// to one chunk per device.
         #[arg(long)]
         num_gpus: Option<usize>,
+        /// Train data-parallel on these devices, comma-separated, in chunk order (e.g.
+        /// cuda:0,cuda:1,cuda:2,cuda:3 or wgpu:0,wgpu:1; flex,flex runs two CPU replicas).
+        /// Each device takes an equal share of whole chunks of every batch; the count must
+        /// divide --num-gpus. Not part of the run: --resume may use another list.
+        #[arg(long)]
+        devices: Option<String>,
         /// Seed of the initial weights, data order, crops and noise.
         #[arg(long)]
         seed: Option<u64>,
@@ -596,7 +583,7 @@ fn write_tensors(
 }
 
 fn run(cli: Cli) -> Res<()> {
-    let device = cli.device.device();
+    let device = cli.device.unwrap_or_else(default_device).device();
     match cli.command {
         Command::Info { checkpoint } => info(&checkpoint, &device),
         Command::Train {
@@ -607,11 +594,21 @@ fn run(cli: Cli) -> Res<()> {
             kimg,
             batch,
             num_gpus,
+            devices,
             seed,
             workers,
             resume,
             checkpoint_every_s,
         } => {
+            let devices = match (devices, cli.device) {
+                (Some(_), Some(_)) => {
+                    return Err("--devices: give either --device or --devices, not both".into());
+                }
+                (Some(list), None) => {
+                    TrainDevices::parse(&list).map_err(|e| format!("--devices {list}: {e}"))?
+                }
+                (None, _) => TrainDevices::single(device.clone()),
+            };
             let args = TrainArgs {
                 preset,
                 data,
@@ -627,7 +624,7 @@ fn run(cli: Cli) -> Res<()> {
             };
             let stop =
                 stop_on_signals().map_err(|e| format!("installing the signal handler: {e}"))?;
-            launch(&args, &device, &stop).map_err(|e| e.to_string())?;
+            launch(&args, devices, &stop).map_err(|e| e.to_string())?;
             Ok(())
         }
         Command::Data {

@@ -332,3 +332,70 @@ fn pca_over_a_dataset() {
     assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `sae train --devices flex,flex` trains (two CPU replicas, a chunk each) and resumes, on the
+/// same list and on one device; a bad list is named.
+#[test]
+fn train_on_two_devices_and_resume() {
+    let dir = workdir("devices");
+    let data = dir.join("images");
+    sae_data::write_synthetic_folder(&data, 8, 64, 3).unwrap();
+    let run = dir.join("run");
+    let (data, run) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let new = |extra: &[&str]| {
+        let mut a = vec!["train", "--preset", "tiny", "--data", data, "--out", run];
+        a.extend(["--batch", "4", "--workers", "1", "--steps", "2"]);
+        a.extend(extra);
+        sae(&a)
+    };
+    for (list, needle) in [
+        (
+            "flex,gpu",
+            "--devices flex,gpu: device `gpu`: unknown backend",
+        ),
+        ("flex,", "--devices flex,: device ``: unknown backend"),
+        ("cuda:99", "`99` is not a device index"),
+    ] {
+        let o = new(&["--devices", list]);
+        let e = stderr(&o);
+        assert!(!o.status.success() && e.contains(needle), "{list}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+    let o = new(&["--num-gpus", "1", "--devices", "flex,flex"]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("--devices") && e.contains("2 devices"),
+        "{e}"
+    );
+
+    let o = new(&["--devices", "flex,flex"]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("2 devices, 2 images each per step"), "{e}");
+    let opts = std::fs::read_to_string(Path::new(run).join("options.json")).unwrap();
+    assert!(
+        opts.contains("\"num_gpus\": 2"),
+        "one chunk per device: {opts}"
+    );
+    for (devices, steps) in [("flex,flex", "4"), ("flex", "6")] {
+        let o = sae(&[
+            "train",
+            "--out",
+            run,
+            "--resume",
+            "--steps",
+            steps,
+            "--devices",
+            devices,
+        ]);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{devices}: {e}");
+        assert!(
+            e.contains(&format!(
+                "finished at {}",
+                steps.parse::<u32>().unwrap() * 4
+            )),
+            "{e}"
+        );
+    }
+}

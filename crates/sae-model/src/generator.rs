@@ -105,6 +105,17 @@ pub struct GeneratorBlock {
 pub enum GeneratorNoise<'a> {
     /// Fresh noise from a seeded generator (the official behaviour).
     Random(&'a mut NoiseRng),
+    /// Shard `index` of `of` of the noise `Random` would draw for `of` times this batch
+    /// (data-parallel training: each device draws the whole batch's noise and keeps its rows,
+    /// see [`NoiseRng::sample_shard`]).
+    Shard {
+        /// The generator, advanced as for the whole batch.
+        rng: &'a mut NoiseRng,
+        /// Which shard this batch is.
+        index: usize,
+        /// How many equal shards the whole batch has.
+        of: usize,
+    },
     /// Fixed noise per layer, keyed by the official module path relative to G (e.g.
     /// `UpsamplingResBlock64.conv1.noise`), nearest-resized to each layer (official
     /// `fix_noise`). A layer without an entry gets no noise.
@@ -117,6 +128,11 @@ impl GeneratorNoise<'_> {
     fn for_layer(&mut self, path: &str) -> Noise<'_> {
         match self {
             GeneratorNoise::Random(rng) => Noise::Random(rng),
+            GeneratorNoise::Shard { rng, index, of } => Noise::Shard {
+                rng,
+                index: *index,
+                of: *of,
+            },
             GeneratorNoise::Fixed(map) => map.get(path).map_or(Noise::None, Noise::Fixed),
             GeneratorNoise::None => Noise::None,
         }

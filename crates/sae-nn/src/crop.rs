@@ -55,6 +55,16 @@ pub enum CropError {
         /// Number of offsets.
         offset: usize,
     },
+    /// The draws do not split into the requested shards.
+    #[error("patch sampler: {draws} crops do not split into shard {index} of {of} equal shards")]
+    Shard {
+        /// The shard asked for.
+        index: usize,
+        /// The number of shards.
+        of: usize,
+        /// Crops in the draws.
+        draws: usize,
+    },
 }
 
 /// Configuration of a [`PatchSampler`] (official defaults: 8 crops of 1/8 to 1/4 of the side,
@@ -130,6 +140,36 @@ impl CropDraws {
     /// Whether there are no crops.
     pub fn is_empty(&self) -> bool {
         self.flip.is_empty()
+    }
+
+    /// Block `index` of `of` equal blocks: the draws of one data-parallel shard of the batch
+    /// (crops are stored image by image, so a contiguous block of images is a contiguous block
+    /// of draws).
+    ///
+    /// # Errors
+    /// [`CropError::Shard`] if `index >= of` or the draws do not split into `of` equal blocks.
+    pub fn shard(&self, index: usize, of: usize) -> Result<CropDraws, CropError> {
+        let n = self.len();
+        if self.scale.len() != n || self.offset.len() != n {
+            return Err(CropError::Ragged {
+                flip: n,
+                scale: self.scale.len(),
+                offset: self.offset.len(),
+            });
+        }
+        if index >= of || !n.is_multiple_of(of) {
+            return Err(CropError::Shard {
+                index,
+                of,
+                draws: n,
+            });
+        }
+        let r = index * n / of..(index + 1) * n / of;
+        Ok(CropDraws {
+            flip: self.flip[r.clone()].to_vec(),
+            scale: self.scale[r.clone()].to_vec(),
+            offset: self.offset[r].to_vec(),
+        })
     }
 }
 

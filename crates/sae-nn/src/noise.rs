@@ -33,10 +33,30 @@ impl NoiseRng {
 
     /// `[b, 1, h, w]` standard normal noise on `device`.
     pub fn sample(&mut self, shape: [usize; 4], device: &Device) -> Tensor<4> {
-        let n = shape.iter().product();
-        let values: Vec<f32> = (0..n)
+        self.sample_shard(shape, 0, 1, device)
+    }
+
+    /// Rows `index·b .. (index+1)·b` of the `[of·b, 1, h, w]` noise that [`NoiseRng::sample`]
+    /// would draw for the whole batch (`shape` is `[b, 1, h, w]`, one shard): a data-parallel
+    /// replica holding shard `index` of `of` equal shards gets exactly the noise its images get
+    /// in one pass over the whole batch. The generator advances as for the whole batch.
+    ///
+    /// # Panics
+    /// If `index >= of`.
+    pub fn sample_shard(
+        &mut self,
+        shape: [usize; 4],
+        index: usize,
+        of: usize,
+        device: &Device,
+    ) -> Tensor<4> {
+        assert!(index < of, "noise shard {index} of {of}");
+        let n: usize = shape.iter().product();
+        let mut values: Vec<f32> = (0..n * of)
             .map(|_| StandardNormal.sample(&mut self.rng))
             .collect();
+        values.drain(..index * n);
+        values.truncate(n);
         Tensor::from_data(TensorData::new(values, shape), device)
     }
 }
@@ -46,6 +66,16 @@ pub enum Noise<'a> {
     /// Fresh `N(0, 1)` noise `[batch, 1, h, w]` from this generator (the official behaviour in
     /// training and in most evaluators).
     Random(&'a mut NoiseRng),
+    /// Shard `index` of `of` of the noise `Random` would draw for `of` times this batch (see
+    /// [`NoiseRng::sample_shard`]): data-parallel training, one shard per device.
+    Shard {
+        /// The generator, advanced as for the whole batch.
+        rng: &'a mut NoiseRng,
+        /// Which shard this batch is.
+        index: usize,
+        /// How many equal shards the whole batch has.
+        of: usize,
+    },
     /// A caller-supplied `[1 or batch, 1, h', w']` tensor, nearest-resized to the layer's size
     /// when it differs (the official `fix_noise`).
     Fixed(&'a Tensor<4>),
@@ -58,6 +88,11 @@ impl Noise<'_> {
     pub fn reborrow(&mut self) -> Noise<'_> {
         match self {
             Noise::Random(rng) => Noise::Random(rng),
+            Noise::Shard { rng, index, of } => Noise::Shard {
+                rng,
+                index: *index,
+                of: *of,
+            },
             Noise::Fixed(t) => Noise::Fixed(t),
             Noise::None => Noise::None,
         }
@@ -100,6 +135,9 @@ impl NoiseInjection {
         let n = match noise {
             Noise::None => return x,
             Noise::Random(rng) => rng.sample([b, 1, h, w], &x.device()),
+            Noise::Shard { rng, index, of } => {
+                rng.sample_shard([b, 1, h, w], index, of, &x.device())
+            }
             Noise::Fixed(t) => {
                 let [nb, nc, _, _] = t.dims();
                 assert!(

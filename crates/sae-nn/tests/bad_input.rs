@@ -231,6 +231,37 @@ fn patch_sampler_config_and_draws_are_validated() {
         sampler.apply(zeros([3, 2, 8, 8]), &ragged),
         Err(CropError::Ragged { .. })
     ));
+    assert!(matches!(ragged.shard(0, 1), Err(CropError::Ragged { .. })));
+
+    // Shards of the draws are contiguous blocks of images, and only equal blocks are made.
+    let whole = sampler.draw(&mut rand::rngs::Xoshiro256PlusPlus::seed_from_u64(2), 4);
+    let (a, b) = (whole.shard(0, 2).unwrap(), whole.shard(1, 2).unwrap());
+    assert_eq!([a.flip, b.flip].concat(), whole.flip);
+    assert_eq!([a.scale, b.scale].concat(), whole.scale);
+    assert_eq!([a.offset, b.offset].concat(), whole.offset);
+    assert_eq!(
+        whole.shard(0, 3).unwrap_err().to_string(),
+        "patch sampler: 8 crops do not split into shard 0 of 3 equal shards"
+    );
+    assert!(matches!(whole.shard(2, 2), Err(CropError::Shard { .. })));
+}
+
+#[test]
+fn noise_shards_are_the_rows_of_the_whole_batch() {
+    let d = dev();
+    let whole = NoiseRng::seed(3).sample([4, 1, 3, 5], &d);
+    let mut parts = Vec::new();
+    let mut states = Vec::new();
+    for i in 0..2 {
+        let mut rng = NoiseRng::seed(3);
+        parts.push(rng.sample_shard([2, 1, 3, 5], i, 2, &d));
+        states.push(rng);
+    }
+    assert_eq!(Tensor::cat(parts, 0).to_data(), whole.to_data());
+    // Every shard leaves the generator where the whole batch does.
+    let mut after = NoiseRng::seed(3);
+    let _ = after.sample([4, 1, 3, 5], &d);
+    assert!(states.iter().all(|s| *s == after));
 }
 
 #[test]

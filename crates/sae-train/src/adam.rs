@@ -14,7 +14,28 @@ use std::collections::BTreeMap;
 
 use burn::config::Config;
 use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
+
+/// Where [`Adam::update`] reads each parameter's gradient: the autodiff [`Gradients`] of one
+/// backward pass, or Burn's [`GradientsParams`] keyed by `ParamId` (the gradients of several
+/// data-parallel replicas, moved to one device and summed by Burn's `GradientsAccumulator`).
+pub trait GradientSource {
+    /// The gradient of `param`, on the inner (non-autodiff) backend, if it has one.
+    fn grad_of<const D: usize>(&self, param: &Param<Tensor<D>>) -> Option<Tensor<D>>;
+}
+
+impl GradientSource for Gradients {
+    fn grad_of<const D: usize>(&self, param: &Param<Tensor<D>>) -> Option<Tensor<D>> {
+        param.val().grad(self)
+    }
+}
+
+impl GradientSource for GradientsParams {
+    fn grad_of<const D: usize>(&self, param: &Param<Tensor<D>>) -> Option<Tensor<D>> {
+        self.get::<D>(param.id)
+    }
+}
 
 /// Adam's hyper-parameters (the official E+G values by default, from
 /// `optimizers/swapping_autoencoder_optimizer.py`).
@@ -77,16 +98,16 @@ pub enum AdamStateError {
     },
 }
 
-struct StepMapper<'a> {
+struct StepMapper<'a, G> {
     path: Vec<String>,
-    grads: &'a Gradients,
+    grads: &'a G,
     state: &'a mut BTreeMap<String, Moments>,
     config: &'a AdamConfig,
     step_size: f64,
     bias_correction2_sqrt: f64,
 }
 
-impl ModuleMapper for StepMapper<'_> {
+impl<G: GradientSource> ModuleMapper for StepMapper<'_, G> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
     }
@@ -97,10 +118,14 @@ impl ModuleMapper for StepMapper<'_> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let key = self.path.join(".");
+        let grad = self.grads.grad_of(&param);
         let value = param.val();
+        // A parameter marked for CUDA's all-reduce stays marked on the updated value.
+        let distributed = value.is_distributed();
+        let id = param.id;
         let dims = value.dims();
         let n: usize = dims.iter().product();
-        let grad = value.grad(self.grads).map(|g| g.reshape([n]));
+        let grad = grad.map(|g| g.reshape([n]));
         let p = value.inner().reshape([n]);
         let device = p.device();
         let grad = grad.unwrap_or_else(|| Tensor::zeros([n], &device));
@@ -116,7 +141,14 @@ impl ModuleMapper for StepMapper<'_> {
         let denom = v.clone().sqrt() / self.bias_correction2_sqrt + c.eps;
         let p = p - m.clone() / denom * self.step_size;
         self.state.insert(key, Moments { m, v });
-        param.map(|_| Tensor::from_inner(p.reshape(dims)).require_grad())
+        param.map(|_| {
+            let p = Tensor::from_inner(p.reshape(dims)).require_grad();
+            if distributed {
+                p.set_distributed(id)
+            } else {
+                p
+            }
+        })
     }
 }
 
@@ -147,7 +179,12 @@ impl Adam {
 
     /// Updates every parameter of `module` (state keys `prefix.path`) with its gradient in
     /// `grads` (zero where it has none), at the step started by [`Adam::begin_step`].
-    pub fn update<M: Module>(&mut self, prefix: &str, module: M, grads: &Gradients) -> M {
+    pub fn update<M: Module, G: GradientSource>(
+        &mut self,
+        prefix: &str,
+        module: M,
+        grads: &G,
+    ) -> M {
         assert!(self.step > 0, "Adam::update before Adam::begin_step");
         let t = self.step as i32;
         let c = &self.config;
@@ -160,6 +197,26 @@ impl Adam {
             bias_correction2_sqrt: (1.0 - c.beta2.powi(t)).sqrt(),
         };
         module.map(&mut mapper)
+    }
+
+    /// The same optimizer with its state on `device` (a data-parallel replica's copy).
+    pub fn to_device(&self, device: &Device) -> Adam {
+        let state = self
+            .state
+            .iter()
+            .map(|(k, mo)| {
+                let moved = Moments {
+                    m: mo.m.clone().to_device(device),
+                    v: mo.v.clone().to_device(device),
+                };
+                (k.clone(), moved)
+            })
+            .collect();
+        Adam {
+            config: self.config.clone(),
+            step: self.step,
+            state,
+        }
     }
 
     /// The state as named host tensors: `m.<key>` and `v.<key>`, each flattened.

@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::tensor::Device;
-
 use crate::options::TrainOptions;
 use crate::presets::preset_names;
-use crate::trainer::{RunDir, RunEnd, TrainError, Trainer, validate};
+use crate::trainer::{GradientSync, RunDir, RunEnd, TrainDevices, TrainError, Trainer, validate};
 
 /// The command-line choices of a training run (`sae train`); `None` keeps the preset's value.
 #[derive(Clone, Debug, Default)]
@@ -27,7 +25,8 @@ pub struct TrainArgs {
     pub kimg: Option<f64>,
     /// Images per optimizer call (even).
     pub batch: Option<usize>,
-    /// Per-GPU chunks of the batch (the official GPU count).
+    /// Per-GPU chunks of the batch (the official GPU count). Without it, a new `batch` trains
+    /// as one chunk per device.
     pub num_gpus: Option<usize>,
     /// Seed of the data order, crops and noise.
     pub seed: Option<u64>,
@@ -84,6 +83,15 @@ fn total_images(args: &TrainArgs, batch: usize) -> Result<Option<u64>, TrainErro
 /// # Errors
 /// [`TrainError::Option`] naming the flag.
 pub fn resolve_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
+    resolve_options_for(args, 1)
+}
+
+/// [`resolve_options`] for a run on `devices` devices: a new `--batch` without `--num-gpus`
+/// trains as one chunk per device (as the official code on that many GPUs would).
+///
+/// # Errors
+/// [`TrainError::Option`] naming the flag.
+pub fn resolve_options_for(args: &TrainArgs, devices: usize) -> Result<TrainOptions, TrainError> {
     let name = args
         .preset
         .as_deref()
@@ -101,9 +109,20 @@ pub fn resolve_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
     })?;
     if let Some(b) = args.batch {
         opts.batch_size = b;
-        // A new batch size without a GPU count trains as one device.
+        // A new batch size without a GPU count trains as one chunk per device.
         if args.num_gpus.is_none() {
-            opts.losses.num_gpus = 1;
+            let n = devices.max(1);
+            if n > 1 && !b.is_multiple_of(2 * n) {
+                return Err(bad(
+                    "--devices",
+                    format!(
+                        "a batch of {b} on {n} devices does not split into one chunk of an \
+                         even size per device; use a multiple of {}",
+                        2 * n
+                    ),
+                ));
+            }
+            opts.losses.num_gpus = n;
         }
     }
     if let Some(n) = args.num_gpus {
@@ -199,15 +218,46 @@ pub fn resume_options(args: &TrainArgs) -> Result<TrainOptions, TrainError> {
     Ok(opts)
 }
 
-/// Starts (or with `args.resume`, continues) a run and trains until its end or until `stop`.
+/// The devices of a run from the `--device NAME` / `--devices LIST` flags of the training
+/// binaries (at most one of them; see [`TrainDevices::parse`]); Burn's default device (a GPU
+/// when one is compiled in, else the CPU) when neither is given.
+///
+/// # Errors
+/// [`TrainError::Option`] naming the flag and the bad device name.
+pub fn train_devices(
+    device: Option<&str>,
+    devices: Option<&str>,
+) -> Result<TrainDevices, TrainError> {
+    match (device, devices) {
+        (Some(_), Some(_)) => Err(bad(
+            "--devices",
+            "give either --device or --devices, not both",
+        )),
+        (Some(name), None) => sae_model::parse_device(name)
+            .map(TrainDevices::single)
+            .map_err(|e| bad("--device", e.to_string())),
+        (None, Some(list)) => {
+            TrainDevices::parse(list).map_err(|e| bad("--devices", e.to_string()))
+        }
+        (None, None) => Ok(TrainDevices::single(burn::tensor::Device::default())),
+    }
+}
+
+/// Starts (or with `args.resume`, continues) a run on one device (`&device`) or several
+/// ([`TrainDevices`]) and trains until its end or until `stop`.
 ///
 /// # Errors
 /// Invalid flags, data, checkpoint or I/O errors, a non-finite loss.
-pub fn launch(args: &TrainArgs, device: &Device, stop: &AtomicBool) -> Result<RunEnd, TrainError> {
+pub fn launch(
+    args: &TrainArgs,
+    devices: impl Into<TrainDevices>,
+    stop: &AtomicBool,
+) -> Result<RunEnd, TrainError> {
+    let devices = devices.into();
     let mut trainer = if args.resume {
         let opts = resume_options(args)?;
         let total = total_images(args, opts.batch_size)?;
-        let t = Trainer::resume_with(opts, &args.out, device, total)?;
+        let t = Trainer::resume_with(opts, &args.out, devices.clone(), total)?;
         eprintln!(
             "resuming {} at {} images ({} optimizer calls)",
             args.out.display(),
@@ -216,8 +266,8 @@ pub fn launch(args: &TrainArgs, device: &Device, stop: &AtomicBool) -> Result<Ru
         );
         t
     } else {
-        let opts = resolve_options(args)?;
-        let t = Trainer::new(opts, &args.out, device)?;
+        let opts = resolve_options_for(args, devices.len())?;
+        let t = Trainer::new(opts, &args.out, devices.clone())?;
         eprintln!(
             "new run in {} (preset {}, batch {}, {} images)",
             args.out.display(),
@@ -227,6 +277,17 @@ pub fn launch(args: &TrainArgs, device: &Device, stop: &AtomicBool) -> Result<Ru
         );
         t
     };
+    if devices.len() > 1 {
+        let how = match devices.sync() {
+            GradientSync::Gather => "gradients summed on the first device",
+            GradientSync::AllReduce => "gradients all-reduced across devices",
+        };
+        eprintln!(
+            "{} devices, {} images each per step, {how}",
+            devices.len(),
+            trainer.options().batch_size / devices.len()
+        );
+    }
     let end = trainer.run(stop)?;
     match end {
         RunEnd::Finished => eprintln!(

@@ -81,12 +81,15 @@ pub mod options;
 pub mod presets;
 pub mod trainer;
 
-pub use adam::{Adam, AdamConfig};
-pub use launch::{TrainArgs, launch, resolve_options, resume_options, stop_on_signals};
+pub use adam::{Adam, AdamConfig, GradientSource};
+pub use launch::{
+    TrainArgs, launch, resolve_options, resolve_options_for, resume_options, stop_on_signals,
+    train_devices,
+};
 pub use losses::{
-    LossConfig, LossError, Losses, Nets, Randomness, SeededRandomness, discriminator_losses,
-    generator_losses, r1_losses,
+    LossConfig, LossError, Losses, Nets, Randomness, SeededRandomness, ShardRandomness,
+    discriminator_losses, generator_losses, r1_losses,
 };
 pub use options::{TrainOptions, quickstart_model, small_model, tiny_model};
 pub use presets::{PresetNetworks, TRAIN_PRESETS, TrainPreset};
-pub use trainer::{Counters, RunEnd, StepReport, TrainError, Trainer};
+pub use trainer::{Counters, GradientSync, RunEnd, StepReport, TrainDevices, TrainError, Trainer};

@@ -65,6 +65,17 @@ pub enum LossError {
     /// The patch sampler refused the batch or the draws.
     #[error(transparent)]
     Crop(#[from] CropError),
+    /// The batch's host data does not hold `shape`'s number of values.
+    #[error("batch data of {values} values does not fill the shape {shape:?}")]
+    BatchData {
+        /// Values given.
+        values: usize,
+        /// The batch shape `[b, c, h, w]`.
+        shape: [usize; 4],
+    },
+    /// A data-parallel replica's thread could not be started.
+    #[error("starting a replica thread: {0}")]
+    Thread(String),
 }
 
 impl LossConfig {
@@ -156,6 +167,52 @@ impl Randomness for SeededRandomness {
 
     fn noise(&mut self) -> GeneratorNoise<'_> {
         GeneratorNoise::Random(&mut self.noise)
+    }
+}
+
+/// Shard `index` of `of` of a batch's randomness: the crops and noise the images of one
+/// data-parallel replica get when the whole batch (`of` equal shards) is drawn at once. Each
+/// replica draws the whole batch's randomness from its own copy of the generators and keeps its
+/// block of rows, so N devices train exactly what one device does (up to float summation order),
+/// and every copy ends in the same state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardRandomness {
+    inner: SeededRandomness,
+    index: usize,
+    of: usize,
+}
+
+impl ShardRandomness {
+    /// Shard `index` of `of`, drawing from a copy of `inner`.
+    ///
+    /// # Panics
+    /// If `index >= of`.
+    pub fn new(inner: SeededRandomness, index: usize, of: usize) -> Self {
+        assert!(index < of, "shard {index} of {of}");
+        Self { inner, index, of }
+    }
+
+    /// The generators, advanced as for the whole batch.
+    pub fn into_inner(self) -> SeededRandomness {
+        self.inner
+    }
+}
+
+impl Randomness for ShardRandomness {
+    fn crop_draws(&mut self, sampler: &PatchSampler, batch: usize) -> CropDraws {
+        let whole = self.inner.crop_draws(sampler, batch * self.of);
+        // `batch · of` images make `of` equal blocks and `index < of` (checked in `new`).
+        whole
+            .shard(self.index, self.of)
+            .expect("the whole batch's draws split into equal shards")
+    }
+
+    fn noise(&mut self) -> GeneratorNoise<'_> {
+        GeneratorNoise::Shard {
+            rng: &mut self.inner.noise,
+            index: self.index,
+            of: self.of,
+        }
     }
 }
 

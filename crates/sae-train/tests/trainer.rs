@@ -49,7 +49,7 @@ fn smoke_tiny_trains() {
     let images = data(&dir, 48);
     let mut opts = tiny(images.clone());
     opts.schedule.total_images = 1 << 40;
-    let mut t = Trainer::new(opts, &dir.join("full"), &device()).unwrap();
+    let mut t = Trainer::new(opts, &dir.join("full"), device()).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..34 {
         for (name, v) in t.step().unwrap().terms {
@@ -67,7 +67,7 @@ fn smoke_tiny_trains() {
     opts.schedule.total_images = 1 << 40;
     opts.losses.lambda_gan = 0.0;
     opts.losses.lambda_patch_gan = 0.0;
-    let mut t = Trainer::new(opts, &dir.join("l1"), &device()).unwrap();
+    let mut t = Trainer::new(opts, &dir.join("l1"), device()).unwrap();
     let mut l1 = Vec::new();
     for _ in 0..60 {
         let r = t.step().unwrap();
@@ -126,18 +126,18 @@ fn resume_is_bitwise_identical() {
     opts.schedule.total_images = 1 << 40;
     let (n, k) = (8, 3);
 
-    let mut straight = Trainer::new(opts.clone(), &dir.join("a"), &device()).unwrap();
+    let mut straight = Trainer::new(opts.clone(), &dir.join("a"), device()).unwrap();
     for _ in 0..n {
         straight.step().unwrap();
     }
 
-    let mut first = Trainer::new(opts, &dir.join("b"), &device()).unwrap();
+    let mut first = Trainer::new(opts, &dir.join("b"), device()).unwrap();
     for _ in 0..k {
         first.step().unwrap();
     }
     first.save_checkpoint().unwrap();
     drop(first);
-    let mut resumed = Trainer::resume(&dir.join("b"), &device(), None).unwrap();
+    let mut resumed = Trainer::resume(&dir.join("b"), device(), None).unwrap();
     assert_eq!(resumed.counters().calls, k);
     for _ in k..n {
         resumed.step().unwrap();
@@ -175,7 +175,7 @@ fn run_directory_stats_snapshots_checkpoints() {
     opts.schedule.checkpoint_every = 12;
     opts.schedule.keep_checkpoints = 2;
     let run = dir.join("run");
-    let mut t = Trainer::new(opts, &run, &device()).unwrap();
+    let mut t = Trainer::new(opts, &run, device()).unwrap();
     assert!(
         run.join("options.json").exists(),
         "options before the first step"
@@ -228,9 +228,9 @@ fn run_directory_stats_snapshots_checkpoints() {
     sae_model::native::load_native(&cp, &device()).unwrap();
 
     // A new run in the same directory is refused; resuming past the end trains nothing more.
-    let again = Trainer::new(tiny(dir.join("images")), &run, &device());
+    let again = Trainer::new(tiny(dir.join("images")), &run, device());
     assert!(matches!(again, Err(TrainError::RunDir { .. })));
-    let mut r = Trainer::resume(&run, &device(), Some(48)).unwrap();
+    let mut r = Trainer::resume(&run, device(), Some(48)).unwrap();
     assert_eq!(r.run(&AtomicBool::new(false)).unwrap(), RunEnd::Finished);
     assert_eq!(r.counters().images, 48);
 }
@@ -241,14 +241,14 @@ fn interrupt_finishes_the_step_and_checkpoints() {
     let mut opts = tiny(data(&dir, 8));
     opts.batch_size = 4;
     let run = dir.join("run");
-    let mut t = Trainer::new(opts, &run, &device()).unwrap();
+    let mut t = Trainer::new(opts, &run, device()).unwrap();
     let stop = AtomicBool::new(true);
     assert_eq!(t.run(&stop).unwrap(), RunEnd::Interrupted);
     assert_eq!(t.counters().calls, 1);
     let cps = list_checkpoints(&run).unwrap();
     assert_eq!(cps.len(), 1);
     assert_eq!(cps[0].0, 4);
-    let r = Trainer::resume(&run, &device(), None).unwrap();
+    let r = Trainer::resume(&run, device(), None).unwrap();
     assert_eq!(r.counters().calls, 1);
 }
 
@@ -259,7 +259,7 @@ fn non_finite_loss_stops_with_the_term_and_keeps_the_last_checkpoint() {
     opts.batch_size = 4;
     opts.losses.lambda_patch_gan = f64::NAN;
     let run = dir.join("run");
-    let mut t = Trainer::new(opts, &run, &device()).unwrap();
+    let mut t = Trainer::new(opts, &run, device()).unwrap();
     let err = t.run(&AtomicBool::new(false)).unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -329,6 +329,6 @@ fn bad_options_name_the_flag() {
     };
     a.steps = Some(2);
     let opts = resolve_options(&a).unwrap();
-    let err = Trainer::new(opts, &a.out, &device()).err().unwrap();
+    let err = Trainer::new(opts, &a.out, device()).err().unwrap();
     assert!(matches!(err, TrainError::Data(_)), "{err}");
 }

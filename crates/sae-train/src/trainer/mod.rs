@@ -12,6 +12,7 @@
 mod checkpoint;
 mod error;
 mod progress;
+mod replicas;
 pub mod run_dir;
 mod snapshot;
 mod stats;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Gradients, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use sae_data::{Dataset, Loader, LoaderConfig, open_dataset};
 use sae_model::{Discriminator, Encoder, Generator, PatchDiscriminator, SwappingAutoencoder};
 use sae_nn::{PatchSampler, param_shapes};
@@ -33,12 +34,12 @@ use self::checkpoint::TrainState;
 pub use self::error::TrainError;
 use self::error::io_err;
 use self::progress::Progress;
+pub use self::replicas::{GradientSync, TrainDevices};
+use self::replicas::{Phase, PhaseResult, Replica, Replicas};
 pub use self::run_dir::{RunDir, list_checkpoints};
 use self::stats::StatsWindow;
 use crate::adam::Adam;
-use crate::losses::{
-    Losses, Nets, SeededRandomness, discriminator_losses, generator_losses, r1_losses,
-};
+use crate::losses::SeededRandomness;
 use crate::options::TrainOptions;
 pub use crate::options::validate;
 
@@ -82,13 +83,8 @@ pub enum RunEnd {
 pub struct Trainer {
     opts: TrainOptions,
     run: RunDir,
-    device: Device,
-    e: Encoder,
-    g: Generator,
-    d: Discriminator,
-    dpatch: PatchDiscriminator,
-    opt_g: Adam,
-    opt_d: Adam,
+    /// The networks and optimizers, one copy per device; checkpoints come from the first.
+    replicas: Replicas,
     sampler: PatchSampler,
     rnd: SeededRandomness,
     loader: Loader,
@@ -102,35 +98,23 @@ pub struct Trainer {
     skipped_total: u64,
 }
 
-/// The networks of a trainer, borrowed field by field (so `self.rnd` can be borrowed mutably
-/// beside them).
-macro_rules! nets {
-    ($t:expr) => {
-        Nets {
-            e: &$t.e,
-            g: &$t.g,
-            d: &$t.d,
-            dpatch: &$t.dpatch,
-        }
-    };
-}
-
-/// `(name, value)` of a step's loss terms.
-type Terms = Vec<(&'static str, f32)>;
-
 impl Trainer {
     /// Starts a new run in `run_dir` (which must not hold a run or any part of one): validates
     /// the options, opens the data, writes `options.json` and builds the networks from the
-    /// run's seed.
+    /// run's seed, on one device (`&device`) or several ([`TrainDevices`]; the first holds the
+    /// run, the rest hold replicas, see `docs/distributed.md`).
     ///
     /// # Errors
-    /// Invalid options (naming the flag), unreadable or empty data, an existing run.
+    /// Invalid options (naming the flag), a device count that does not divide the run's
+    /// `num_gpus` chunks, unreadable or empty data, an existing run.
     pub fn new(
         mut opts: TrainOptions,
         run_dir: &Path,
-        device: &Device,
+        devices: impl Into<TrainDevices>,
     ) -> Result<Self, TrainError> {
+        let devices = devices.into();
         validate(&opts)?;
+        check_devices(&opts, &devices)?;
         if opts.run_id.is_empty() {
             opts.run_id = new_run_id();
         }
@@ -138,10 +122,10 @@ impl Trainer {
         run.check_fresh()?;
         let dataset = open_dataset(&opts.data.path)?;
         run.write_options(&opts)?;
-        let device = device.clone().autodiff();
+        let device = devices.first().clone().autodiff();
         let model = init_seeded(&opts, &device);
         let state = TrainState::start(&opts.run_id, opts.seed);
-        Self::assemble(opts, run, device, model, state, dataset, None)
+        Self::assemble(opts, run, &devices, model, state, dataset, None)
     }
 
     /// Continues the run in `run_dir` from its newest readable checkpoint (see
@@ -151,15 +135,17 @@ impl Trainer {
     /// As [`Trainer::resume_with`], and no or a bad `options.json`.
     pub fn resume(
         run_dir: &Path,
-        device: &Device,
+        devices: impl Into<TrainDevices>,
         total_images: Option<u64>,
     ) -> Result<Self, TrainError> {
         let opts = RunDir::new(run_dir).read_options()?;
-        Self::resume_with(opts, run_dir, device, total_images)
+        Self::resume_with(opts, run_dir, devices, total_images)
     }
 
-    /// Continues the run in `run_dir`, whose `options.json` holds `opts`. `total_images`, when
-    /// given, replaces the schedule's length (to train longer than first planned).
+    /// Continues the run in `run_dir`, whose `options.json` holds `opts`, on one device or
+    /// several (the same list as before or another: the device list is not part of the run).
+    /// `total_images`, when given, replaces the schedule's length (to train longer than first
+    /// planned).
     ///
     /// - The newest checkpoint that reads back is used; a newer one that is truncated or
     ///   damaged is skipped with a warning naming it.
@@ -169,24 +155,26 @@ impl Trainer {
     ///   dropped, and temporary files of interrupted writes are removed.
     ///
     /// # Errors
-    /// Invalid options, checkpoints none of which reads back, optimizer state that does not
-    /// fit the model, unreadable data.
+    /// Invalid options, a device count that does not divide the run's chunks, checkpoints none
+    /// of which reads back, optimizer state that does not fit the model, unreadable data.
     pub fn resume_with(
         mut opts: TrainOptions,
         run_dir: &Path,
-        device: &Device,
+        devices: impl Into<TrainDevices>,
         total_images: Option<u64>,
     ) -> Result<Self, TrainError> {
+        let devices = devices.into();
         if let Some(total) = total_images {
             opts.schedule.total_images = total;
         }
         validate(&opts)?;
+        check_devices(&opts, &devices)?;
         let run = RunDir::new(run_dir);
         let removed = run.remove_stale_temp_files();
         if removed > 0 {
             eprintln!("removed {removed} temporary file(s) of interrupted writes");
         }
-        let device = device.clone().autodiff();
+        let device = devices.first().clone().autodiff();
         let mut newest_error = None;
         let mut loaded = None;
         for (_, path) in run.checkpoints()?.iter().rev() {
@@ -226,7 +214,7 @@ impl Trainer {
                 let trainer = Self::assemble(
                     opts,
                     run,
-                    device,
+                    &devices,
                     l.model,
                     l.state,
                     dataset,
@@ -236,12 +224,11 @@ impl Trainer {
                     path: l.path.clone(),
                     source,
                 };
-                trainer
-                    .opt_g
+                let main = trainer.replicas.main();
+                main.opt_g
                     .check_covers(&trainer.param_sizes(&["g", "e"]))
                     .map_err(opt_err)?;
-                trainer
-                    .opt_d
+                main.opt_d
                     .check_covers(&trainer.param_sizes(&["d", "dpatch"]))
                     .map_err(opt_err)?;
                 trainer
@@ -257,7 +244,7 @@ impl Trainer {
                 run.truncate_stats(0)?;
                 let model = init_seeded(&opts, &device);
                 let state = TrainState::start(&opts.run_id, opts.seed);
-                Self::assemble(opts, run, device, model, state, dataset, None)?
+                Self::assemble(opts, run, &devices, model, state, dataset, None)?
             }
         };
         Ok(trainer)
@@ -267,7 +254,7 @@ impl Trainer {
     fn assemble(
         opts: TrainOptions,
         run: RunDir,
-        device: Device,
+        devices: &TrainDevices,
         model: SwappingAutoencoder,
         state: TrainState,
         dataset: Arc<dyn Dataset>,
@@ -294,23 +281,18 @@ impl Trainer {
                 Adam::new(opts.adam.lazy(opts.losses.r1_once_every)),
             )
         });
-        let SwappingAutoencoder { e, g, d, dpatch } = model;
-        let (Some(d), Some(dpatch)) = (d, dpatch) else {
+        if model.d.is_none() || model.dpatch.is_none() {
             return Err(TrainError::Option {
                 option: "model".into(),
                 problem: "training needs both discriminators".into(),
             });
-        };
+        }
+        let device = devices.first().clone().autodiff();
+        let main = Replica::main(device, model, opt_g, opt_d);
         let skipped_total = state.loader.skipped;
         Ok(Trainer {
             run,
-            device,
-            e,
-            g,
-            d,
-            dpatch,
-            opt_g,
-            opt_d,
+            replicas: Replicas::new(main, devices),
             sampler,
             rnd: state.randomness,
             loader,
@@ -329,12 +311,13 @@ impl Trainer {
     /// `(path, element count)` of every parameter of the named networks.
     fn param_sizes(&self, nets: &[&str]) -> Vec<(String, usize)> {
         let mut out = Vec::new();
+        let main = self.replicas.main();
         for &net in nets {
             let shapes = match net {
-                "e" => param_shapes(&self.e),
-                "g" => param_shapes(&self.g),
-                "d" => param_shapes(&self.d),
-                _ => param_shapes(&self.dpatch),
+                "e" => param_shapes(&main.e),
+                "g" => param_shapes(&main.g),
+                "d" => param_shapes(&main.d),
+                _ => param_shapes(&main.dpatch),
             };
             out.extend(
                 shapes
@@ -355,76 +338,78 @@ impl Trainer {
         &self.counters
     }
 
-    /// The networks (for inspection and tests).
+    /// The networks on the first device (for inspection and tests).
     pub fn networks(&self) -> (&Encoder, &Generator, &Discriminator, &PatchDiscriminator) {
-        (&self.e, &self.g, &self.d, &self.dpatch)
+        let m = self.replicas.main();
+        (&m.e, &m.g, &m.d, &m.dpatch)
     }
 
-    /// The optimizers (E+G, D+Dpatch).
+    /// The networks of every device, in device order (all equal after every step).
+    pub fn replica_networks(
+        &self,
+    ) -> Vec<(&Encoder, &Generator, &Discriminator, &PatchDiscriminator)> {
+        let list = &self.replicas.list;
+        list.iter().map(|m| (&m.e, &m.g, &m.d, &m.dpatch)).collect()
+    }
+
+    /// The optimizers (E+G, D+Dpatch) on the first device.
     pub fn optimizers(&self) -> (&Adam, &Adam) {
-        (&self.opt_g, &self.opt_d)
+        let m = self.replicas.main();
+        (&m.opt_g, &m.opt_d)
     }
 
-    /// A step's loss values (refused if not finite, before any update) and the gradients of
-    /// their total.
-    fn finish(&self, losses: Losses) -> Result<(Terms, Gradients), TrainError> {
-        let mut terms = Vec::new();
-        for (name, t) in losses.terms.iter().chain(&losses.metrics) {
-            let value = scalar(t);
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    term: name.to_string(),
-                    value,
-                    call: self.counters.calls + 1,
-                    images: self.counters.images,
-                });
+    /// The number of devices the run trains on.
+    pub fn device_count(&self) -> usize {
+        self.replicas.list.len()
+    }
+
+    /// One pass on every device and its update; the terms, or [`TrainError::NonFinite`]
+    /// before any update.
+    fn pass(
+        &mut self,
+        phase: Phase,
+        images: &[f32],
+        shape: [usize; 4],
+    ) -> Result<Terms, TrainError> {
+        let (cfg, sampler) = (&self.opts.losses, &self.sampler);
+        match self
+            .replicas
+            .pass(phase, images, shape, cfg, sampler, &self.rnd)?
+        {
+            PhaseResult::Done { terms, rnd } => {
+                self.rnd = rnd;
+                Ok(terms)
             }
-            terms.push((*name, value));
+            PhaseResult::NonFinite { term, value } => Err(TrainError::NonFinite {
+                term,
+                value,
+                call: self.counters.calls + 1,
+                images: self.counters.images,
+            }),
         }
-        Ok((terms, losses.total().backward()))
-    }
-
-    fn apply_d(&mut self, grads: &Gradients) {
-        self.opt_d.begin_step();
-        self.d = self.opt_d.update("d", self.d.clone(), grads);
-        self.dpatch = self.opt_d.update("dpatch", self.dpatch.clone(), grads);
     }
 
     /// One optimizer call on a fresh batch: a D step (followed by the lazy R1 step on the same
-    /// batch every `r1_once_every` D steps) or a G step, alternating, D first.
+    /// batch every `r1_once_every` D steps) or a G step, alternating, D first. With several
+    /// devices, each takes its shard of the batch (see [`TrainDevices`]).
     ///
     /// # Errors
     /// Data errors, and [`TrainError::NonFinite`] before a non-finite update is applied.
     pub fn step(&mut self) -> Result<StepReport, TrainError> {
         let batch = self.loader.next_batch()?;
         self.skipped_total += batch.skipped.len() as u64;
-        let real = Tensor::<4>::from_data(TensorData::new(batch.images, batch.shape), &self.device);
-        let (cfg, sampler) = (&self.opts.losses, &self.sampler);
         let is_d = self.counters.calls.is_multiple_of(2);
         let mut terms;
         if is_d {
-            let losses =
-                discriminator_losses(nets!(self), real.clone(), cfg, sampler, &mut self.rnd)?;
-            let (t, grads) = self.finish(losses)?;
-            terms = t;
-            self.apply_d(&grads);
+            terms = self.pass(Phase::D, &batch.images, batch.shape)?;
             self.counters.d_steps += 1;
             let every = self.opts.losses.r1_once_every as u64;
             if self.counters.d_steps.is_multiple_of(every) {
-                let (cfg, sampler) = (&self.opts.losses, &self.sampler);
-                let losses = r1_losses(nets!(self), real, cfg, sampler, &mut self.rnd)?;
-                let (t, grads) = self.finish(losses)?;
-                terms.extend(t);
-                self.apply_d(&grads);
+                terms.extend(self.pass(Phase::R1, &batch.images, batch.shape)?);
                 self.counters.r1_steps += 1;
             }
         } else {
-            let losses = generator_losses(nets!(self), real, cfg, sampler, &mut self.rnd)?;
-            let (t, grads) = self.finish(losses)?;
-            terms = t;
-            self.opt_g.begin_step();
-            self.g = self.opt_g.update("g", self.g.clone(), &grads);
-            self.e = self.opt_g.update("e", self.e.clone(), &grads);
+            terms = self.pass(Phase::G, &batch.images, batch.shape)?;
             self.counters.g_steps += 1;
         }
         self.counters.calls += 1;
@@ -449,26 +434,27 @@ impl Trainer {
         let dir = self.run.checkpoint_dir();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = self.run.checkpoint_path(self.counters.images);
+        let main = self.replicas.main();
         let state = TrainState {
             run_id: self.opts.run_id.clone(),
             counters: self.counters.clone(),
-            opt_g_steps: self.opt_g.steps(),
-            opt_d_steps: self.opt_d.steps(),
+            opt_g_steps: main.opt_g.steps(),
+            opt_d_steps: main.opt_d.steps(),
             randomness: self.rnd.clone(),
             loader: self.loader.state(),
             elapsed_s: self.elapsed(),
         };
         let model = SwappingAutoencoder {
-            e: self.e.clone(),
-            g: self.g.clone(),
-            d: Some(self.d.clone()),
-            dpatch: Some(self.dpatch.clone()),
+            e: main.e.clone(),
+            g: main.g.clone(),
+            d: Some(main.d.clone()),
+            dpatch: Some(main.dpatch.clone()),
         };
         checkpoint::save(
             &path,
             &model,
             &self.opts.model,
-            [("opt_g", &self.opt_g), ("opt_d", &self.opt_d)],
+            [("opt_g", &main.opt_g), ("opt_d", &main.opt_d)],
             &state,
         )?;
         self.run
@@ -483,15 +469,17 @@ impl Trainer {
     /// # Errors
     /// Data or file-system errors.
     pub fn save_snapshot(&mut self) -> Result<PathBuf, TrainError> {
+        let main = self.replicas.main();
         let real = match &self.snapshot_real {
             Some(t) => t.clone(),
             None => {
-                let t = snapshot::snapshot_batch(&self.opts, self.dataset.as_ref(), &self.device)?;
+                let t = snapshot::snapshot_batch(&self.opts, self.dataset.as_ref(), &main.device)?;
                 self.snapshot_real = Some(t.clone());
                 t
             }
         };
-        let grid = snapshot::snapshot_grid(&self.e.clone().valid(), &self.g.clone().valid(), real)?;
+        let main = self.replicas.main();
+        let grid = snapshot::snapshot_grid(&main.e.clone().valid(), &main.g.clone().valid(), real)?;
         let dir = self.run.snapshot_dir();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = self.run.snapshot_path(self.counters.images);
@@ -578,12 +566,21 @@ fn init_seeded(opts: &TrainOptions, device: &Device) -> SwappingAutoencoder {
     opts.model.init(device)
 }
 
-fn scalar(t: &Tensor<1>) -> f32 {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .ok()
-        .and_then(|v| v.first().copied())
-        .unwrap_or(f32::NAN)
+/// `(name, value)` of a step's loss terms.
+type Terms = Vec<(&'static str, f32)>;
+
+/// The device count must divide the run's `num_gpus` chunks: each device takes whole chunks.
+fn check_devices(opts: &TrainOptions, devices: &TrainDevices) -> Result<(), TrainError> {
+    let (n, chunks) = (devices.len(), opts.losses.num_gpus);
+    if !chunks.is_multiple_of(n) {
+        return Err(TrainError::Option {
+            option: "--devices".into(),
+            problem: format!(
+                "{n} devices cannot share the run's {chunks} batch chunk(s) (--num-gpus) \
+                 evenly: each device takes whole chunks. Use a device count that divides \
+                 {chunks}, or start the run with --num-gpus (or --batch) set for {n} devices"
+            ),
+        });
+    }
+    Ok(())
 }
