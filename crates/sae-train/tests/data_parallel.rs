@@ -266,3 +266,26 @@ fn a_device_count_that_does_not_divide_the_chunks_is_named() {
         assert!(err.contains("cuda:0 is named twice"), "{err}");
     }
 }
+
+/// A non-finite loss on the replicas stops the step on every device before any update: both
+/// replicas keep their weights and the error names the term.
+#[test]
+fn a_non_finite_loss_updates_no_replica() {
+    let dir = temp_dir("nan");
+    let data = dir.join("images");
+    write_synthetic_folder(&data, 4, 64, 5).unwrap();
+    let mut opts = options(&data);
+    opts.losses.lambda_patch_gan = f64::NAN;
+    let mut t = Trainer::new(opts, &dir.join("run"), two_flex()).unwrap();
+    let before: Vec<Weights> = (0..2).map(|r| weights(&t, r)).collect();
+    let err = t.step().unwrap_err();
+    assert!(
+        matches!(&err, TrainError::NonFinite { term, call: 1, .. } if term == "PatchD_real"),
+        "{err}"
+    );
+    for (r, w) in before.iter().enumerate() {
+        assert!(*w == weights(&t, r), "replica {r} changed");
+    }
+    let (og, od) = t.optimizers();
+    assert_eq!((og.steps(), od.steps()), (0, 0));
+}
