@@ -297,14 +297,24 @@ pub fn discriminator_losses(
     let rec_real = select_rows(real.clone(), &cfg.rec_indices(real.dims()[0]));
     let l1_dist = (rec.clone() - rec_real).abs().mean().detach();
     let lg = cfg.lambda_gan;
-    let d_real = gan_loss(nets.d.forward(real.clone()), true) * lg;
-    let d_rec = gan_loss(nets.d.forward(rec), false) * (0.5 * lg);
-    let d_mix = gan_loss(nets.d.forward(mix.clone()), false) * (0.5 * lg);
+    // One D pass over real, rec and mix (D treats samples independently; see forward_many).
+    let [pred_real, pred_rec, pred_mix]: [Tensor<2>; 3] = nets
+        .d
+        .forward_many(vec![real.clone(), rec, mix.clone()])
+        .try_into()
+        .expect("three batches in, three out");
+    let d_real = gan_loss(pred_real, true) * lg;
+    let d_rec = gan_loss(pred_rec, false) * (0.5 * lg);
+    let d_mix = gan_loss(pred_mix, false) * (0.5 * lg);
     let dp = nets.dpatch;
     let agg = cfg.patch_use_aggregation;
-    let reference = dp.extract_features(crops(sampler, real.clone(), rnd)?, agg);
-    let target = dp.extract_features(crops(sampler, real, rnd)?, false);
-    let fake = dp.extract_features(crops(sampler, mix, rnd)?, false);
+    let reference = crops(sampler, real.clone(), rnd)?;
+    let target = crops(sampler, real, rnd)?;
+    let fake = crops(sampler, mix, rnd)?;
+    let [reference, target, fake]: [Tensor<4>; 3] = dp
+        .extract_features_many(vec![(reference, agg), (target, false), (fake, false)])
+        .try_into()
+        .expect("three sets in, three out");
     let lp = cfg.lambda_patch_gan;
     let patch_real = gan_loss(dp.discriminate_features(reference.clone(), target), true) * lp;
     let patch_mix = gan_loss(dp.discriminate_features(reference, fake), false) * lp;
@@ -374,9 +384,15 @@ pub fn generator_losses(
     let l1 = (rec.clone() - rec_real).abs().mean();
     let l1_dist = l1.clone().detach();
     let lg = cfg.lambda_gan;
-    let gan_rec = gan_loss(d.forward(rec), true) * (0.5 * lg);
-    let gan_mix = gan_loss(d.forward(mix.clone()), true) * lg;
+    let [pred_rec, pred_mix]: [Tensor<2>; 2] = d
+        .forward_many(vec![rec, mix.clone()])
+        .try_into()
+        .expect("two batches in, two out");
+    let gan_rec = gan_loss(pred_rec, true) * (0.5 * lg);
+    let gan_mix = gan_loss(pred_mix, true) * lg;
     let agg = cfg.patch_use_aggregation;
+    // Separate passes here: the reference features take no gradient, and in one pass with the
+    // swapped crops backward would run through their rows as well.
     let reference = dp
         .extract_features(crops(sampler, real, rnd)?, agg)
         .detach();
