@@ -7,7 +7,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use sae_nn::{
     ConvLayer, ConvLayerConfig, GeneratorModulation, GeneratorModulationConfig, Noise, NoiseRng,
-    Style, StyledConv, StyledConvConfig, ToRgb, ToRgbConfig, bilinear_up2, normalize,
+    Style, StyledConv, StyledConvConfig, ToRgb, ToRgbConfig, bilinear_up2, nearest_resize,
+    normalize,
 };
 
 /// Explicit configuration of a [`Generator`].
@@ -247,6 +248,69 @@ impl Generator {
                     out.push((format!("{}.{conv}.noise", Self::up_name(j)), [1, 1, h, w]));
                 }
             }
+        }
+        out
+    }
+
+    /// The `(official path, [h, w])` of every noise input a pass draws from, in the order it
+    /// draws them, for a structure code of spatial size `size`.
+    fn drawn_noise(&self, size: [usize; 2]) -> Vec<(String, [usize; 2])> {
+        let [mut h, mut w] = size;
+        let mut out = Vec::new();
+        let blocks = self
+            .head
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (Self::head_name(i), b, false));
+        let ups = self
+            .up
+            .iter()
+            .enumerate()
+            .map(|(j, b)| (Self::up_name(j), b, true));
+        for (name, block, up) in blocks.chain(ups) {
+            if up {
+                h *= 2;
+                w *= 2;
+            }
+            for (conv, layer) in [("conv1", &block.conv1), ("conv2", &block.conv2)] {
+                if layer.use_noise {
+                    out.push((format!("{name}.{conv}.noise"), [h, w]));
+                }
+            }
+        }
+        out
+    }
+
+    /// The noise one pass over `batch` images with structure codes of spatial size `size`
+    /// would add, drawn from `noise` in the order the pass draws it, as `[batch, 1, h, w]`
+    /// maps for [`GeneratorNoise::Fixed`] (layers that get no noise are left out). Decoding
+    /// several batches as one pass with the concatenation of their maps adds exactly the noise
+    /// separate passes add.
+    pub fn draw_noise(
+        &self,
+        mut noise: GeneratorNoise,
+        batch: usize,
+        size: [usize; 2],
+        device: &Device,
+    ) -> BTreeMap<String, Tensor<4>> {
+        let mut out = BTreeMap::new();
+        for (path, [h, w]) in self.drawn_noise(size) {
+            let map = match noise.for_layer(&path) {
+                Noise::Random(rng) => rng.sample([batch, 1, h, w], device),
+                Noise::Shard { rng, index, of } => {
+                    rng.sample_shard([batch, 1, h, w], index, of, device)
+                }
+                Noise::Fixed(t) => {
+                    let t = nearest_resize(t.clone(), [h, w]);
+                    if t.dims()[0] == batch {
+                        t
+                    } else {
+                        t.expand([batch, 1, h, w])
+                    }
+                }
+                Noise::None => continue,
+            };
+            out.insert(path, map);
         }
         out
     }

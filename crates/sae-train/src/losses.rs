@@ -5,6 +5,8 @@
 //! Every term is a mean over its own sample set, already multiplied by its weight; the step's
 //! loss is the sum of its terms (the official optimizer's `sum(v.mean() for v in losses)`).
 
+use std::collections::BTreeMap;
+
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::relu;
@@ -246,26 +248,55 @@ impl Losses {
     }
 }
 
-/// `rec = G(sp[rec], gl[rec])` and `mix = G(swap(sp), gl)`.
+/// `rec = G(sp[rec], gl[rec])` and `mix = G(swap(sp), gl)`, decoded as one generator pass
+/// over both batches (the generator treats samples independently) with the noise two separate
+/// passes would draw, rec's first (see [`Generator::draw_noise`]).
 fn decode_rec_mix(
     g: &Generator,
     codes: &Codes,
     cfg: &LossConfig,
     rnd: &mut dyn Randomness,
 ) -> (Tensor<4>, Tensor<4>) {
-    let b = codes.structure.dims()[0];
+    let [b, _, h, w] = codes.structure.dims();
+    let device = codes.structure.device();
     let rec_idx = cfg.rec_indices(b);
-    let rec = g.forward(
-        select_rows(codes.structure.clone(), &rec_idx),
-        Style::Global(select_rows(codes.texture.clone(), &rec_idx)),
-        rnd.noise(),
+    let n_rec = rec_idx.len();
+    let rec_noise = g.draw_noise(rnd.noise(), n_rec, [h, w], &device);
+    let mut mix_noise = g.draw_noise(rnd.noise(), b, [h, w], &device);
+    // A layer with noise in one pass only (scripted noise in tests) gets zeros, which adds
+    // nothing, in the other.
+    let zeros = |t: &Tensor<4>, rows: usize| {
+        let [_, _, nh, nw] = t.dims();
+        Tensor::<4>::zeros([rows, 1, nh, nw], &device)
+    };
+    let mut noise = BTreeMap::new();
+    for (path, rec) in rec_noise {
+        let mix = mix_noise.remove(&path).unwrap_or_else(|| zeros(&rec, b));
+        noise.insert(path, Tensor::cat(vec![rec, mix], 0));
+    }
+    for (path, mix) in mix_noise {
+        noise.insert(path, Tensor::cat(vec![zeros(&mix, n_rec), mix], 0));
+    }
+    let structure = Tensor::cat(
+        vec![
+            select_rows(codes.structure.clone(), &rec_idx),
+            select_rows(codes.structure.clone(), &swap_indices(b)),
+        ],
+        0,
     );
-    let mix = g.forward(
-        select_rows(codes.structure.clone(), &swap_indices(b)),
-        Style::Global(codes.texture.clone()),
-        rnd.noise(),
+    let texture = Tensor::cat(
+        vec![
+            select_rows(codes.texture.clone(), &rec_idx),
+            codes.texture.clone(),
+        ],
+        0,
     );
-    (rec, mix)
+    let out = g.forward(
+        structure,
+        Style::Global(texture),
+        GeneratorNoise::Fixed(&noise),
+    );
+    (out.clone().narrow(0, 0, n_rec), out.narrow(0, n_rec, b))
 }
 
 fn crops(
