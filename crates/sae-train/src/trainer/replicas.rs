@@ -313,7 +313,7 @@ fn values(losses: &Losses) -> Vec<(&'static str, f32)> {
         .collect()
 }
 
-pub(super) fn scalar(t: &Tensor<1>) -> f32 {
+fn scalar(t: &Tensor<1>) -> f32 {
     t.clone()
         .into_data()
         .convert::<f32>()
@@ -461,8 +461,9 @@ impl Replicas {
             })
             .collect();
         let outs: Vec<Result<ReplicaOut, LossError>> = if n == 1 {
-            let (data, _) = shards.remove(0);
-            vec![run(&mut self.list[0], &input, data, rnd.clone())]
+            // One shard of one: the same draws as the whole batch's randomness.
+            let (data, rnd) = shards.remove(0);
+            vec![run(&mut self.list[0], &input, data, rnd)]
         } else {
             std::thread::scope(|s| {
                 let mut handles = Vec::new();
@@ -586,15 +587,12 @@ fn merge<M: Module>(into: &mut GradientsParams, mut from: GradientsParams, modul
 /// One replica's pass: losses on its shard, the barrier, then (all terms finite everywhere)
 /// backward and either its gradients for the gather or its own update. An error or a panic
 /// before the barrier still meets it (raising `bad`), so no other replica waits forever.
-fn run<R>(
+fn run(
     r: &mut Replica,
     input: &PassInput<'_>,
     data: TensorData,
-    mut rnd: R,
-) -> Result<ReplicaOut, LossError>
-where
-    R: crate::losses::Randomness + IntoSeeded,
-{
+    mut rnd: ShardRandomness,
+) -> Result<ReplicaOut, LossError> {
     let computed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let real = Tensor::<4>::from_data(data, &r.device);
         let (cfg, sampler) = (input.cfg, input.sampler);
@@ -623,7 +621,7 @@ where
         input.bad.store(true, Ordering::SeqCst);
     }
     let all_here = input.barrier.wait();
-    let rnd = rnd.into_seeded();
+    let rnd = rnd.into_inner();
     if !all_here || input.bad.load(Ordering::SeqCst) {
         return Ok(ReplicaOut {
             terms,
@@ -676,21 +674,4 @@ where
         ]),
     };
     Ok(ReplicaOut { terms, grads, rnd })
-}
-
-/// The generators' state after a pass, from either kind of randomness a replica uses.
-trait IntoSeeded {
-    fn into_seeded(self) -> SeededRandomness;
-}
-
-impl IntoSeeded for SeededRandomness {
-    fn into_seeded(self) -> SeededRandomness {
-        self
-    }
-}
-
-impl IntoSeeded for ShardRandomness {
-    fn into_seeded(self) -> SeededRandomness {
-        self.into_inner()
-    }
 }
