@@ -6,11 +6,10 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::{conv_transpose2d, conv2d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
 
 use crate::act::{add_channel_bias, leaky_relu_vjp, scaled_leaky_relu};
+use crate::conv_op::{conv2d, conv2d_input_grad};
 use crate::shape::{check_channels, check_nonempty};
 
 /// The official initialisation of every conv, linear and modulated weight: `N(0, 1)`.
@@ -95,13 +94,8 @@ impl EqualConv2d {
             x.dims(),
             self.padding
         );
-        let (s, p) = (self.stride, self.padding);
-        conv2d(
-            x,
-            self.scaled_weight(),
-            self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new([s, s], [p, p], [1, 1], 1),
-        )
+        let y = conv2d(x, self.scaled_weight(), self.stride, self.padding);
+        add_channel_bias(y, self.bias.as_ref().map(|b| b.val()))
     }
 
     /// The input vector-Jacobian product of [`EqualConv2d::forward`]: a transposed conv with
@@ -114,22 +108,12 @@ impl EqualConv2d {
     /// - `input_size`: the forward input's `[h, w]`
     /// - output: `[batch, in_channels, h, w]`
     pub fn input_vjp(&self, g: Tensor<4>, input_size: [usize; 2]) -> Tensor<4> {
-        let [_, _, k, _] = self.weight.dims();
-        let [_, _, ho, wo] = g.dims();
-        let (s, p) = (self.stride, self.padding);
-        // conv_transpose2d gives (o − 1)·s − 2p + k (+ output padding) rows.
-        let out_pad = |len: usize, o: usize| len + 2 * p - ((o - 1) * s + k);
-        conv_transpose2d(
+        conv2d_input_grad(
             g,
             self.scaled_weight(),
-            None,
-            ConvTransposeOptions::new(
-                [s, s],
-                [p, p],
-                [out_pad(input_size[0], ho), out_pad(input_size[1], wo)],
-                [1, 1],
-                1,
-            ),
+            self.stride,
+            self.padding,
+            input_size,
         )
     }
 }
@@ -271,12 +255,6 @@ impl EqualLinear {
         check_nonempty("EqualLinear", "x", &x.dims());
         let [out, inp] = self.weight.dims();
         let w = (self.weight.val() * self.scale).reshape([out, inp, 1, 1]);
-        self.finish(conv2d(
-            x,
-            w,
-            None,
-            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-        ))
-        .0
+        self.finish(conv2d(x, w, 1, 0)).0
     }
 }

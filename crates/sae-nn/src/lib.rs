@@ -29,6 +29,9 @@
 
 pub mod act;
 pub mod conv;
+#[cfg(feature = "flex")]
+mod conv_kernels;
+mod conv_op;
 pub mod crop;
 pub mod equal;
 pub mod fir;

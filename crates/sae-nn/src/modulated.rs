@@ -5,12 +5,11 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::{conv_transpose2d, conv2d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
 
 use crate::act::FusedLeakyReLU;
 use crate::act::FusedLeakyReLUConfig;
+use crate::conv_op::{conv2d, conv2d_input_grad};
 use crate::equal::{EqualLinear, EqualLinearConfig, STANDARD_NORMAL};
 use crate::fir::{Blur, BlurConfig};
 use crate::noise::{Noise, NoiseInjection, NoiseInjectionConfig};
@@ -256,18 +255,22 @@ impl ModulatedConv2d {
         let weight = self.effective_weight();
         match &self.blur {
             Some(blur) => {
-                let t = conv_transpose2d(
+                // The official transposed convolution (stride 2, no padding): the input
+                // gradient of a stride-2 convolution with the [in, out] kernel, whose input is
+                // (h − 1)·2 + k rows.
+                let t = conv2d_input_grad(
                     x,
                     weight.swap_dims(0, 1),
-                    None,
-                    ConvTransposeOptions::new([2, 2], [0, 0], [0, 0], [1, 1], 1),
+                    2,
+                    0,
+                    [(h - 1) * 2 + k, (w - 1) * 2 + k],
                 );
                 debug_assert_eq!(t.dims()[1], out);
                 blur.forward(t)
             }
             None => {
                 let p = k / 2;
-                conv2d(x, weight, None, ConvOptions::new([1, 1], [p, p], [1, 1], 1))
+                conv2d(x, weight, 1, p)
             }
         }
     }

@@ -1,0 +1,523 @@
+//! Dense 2-D convolution kernels on plain `f32` slices (NCHW, contiguous): the forward pass,
+//! the input gradient (= the transposed convolution) and the weight gradient.
+//!
+//! Why our own: Flex lowers a convolution to an NHWC copy plus im2col into `[pixels, C·k·k]`
+//! tiles and one GEMM per 512-pixel tile with the output channels as M; its input gradient is a
+//! transposed convolution (GEMM + col2im per image), and Burn derives the weight gradient as a
+//! convolution of the input with the output gradient as a `Ho×Wo` kernel, which Flex runs as a
+//! GEMM with N = k·k = 9. At the 16–64 channels of these networks that ran at 12–60 GFLOP/s
+//! where PyTorch's kernels reach 70–100 on the same two cores (`docs/performance.md`).
+//!
+//! Here every pass is one layout: the im2col tile is `[C·k·k, pixels]` (row-major, built from
+//! NCHW rows with contiguous copies), so
+//! - forward: `y_b[:, tile] = W[Co, Ci·k·k] · col[Ci·k·k, tile]` straight into the NCHW output;
+//! - weight gradient: `dW += g_b[:, tile] · colᵀ` (M = Co, N = Ci·k·k, K = pixels), summed per
+//!   thread and then over threads;
+//! - input gradient: for stride 1 the forward pass with the flipped, transposed kernel; for
+//!   other strides `dcol = Wᵀ · g_b[:, tile]` and col2im.
+//!
+//! Tiles are whole output rows, sized to keep the column buffer in L2; the (image, tile) pairs
+//! run on rayon's pool (the pool Flex uses), each GEMM single-threaded.
+
+use rayon::prelude::*;
+
+/// A convolution's geometry: square kernel, equal stride and padding on both axes, no dilation,
+/// no groups (the only convolutions of the networks that are not FIR filters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    /// Batch.
+    pub b: usize,
+    /// Input channels.
+    pub ci: usize,
+    /// Input height and width.
+    pub h: usize,
+    pub w: usize,
+    /// Output channels.
+    pub co: usize,
+    /// Kernel side.
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    /// Output height and width, `(h + 2·pad − k) / stride + 1`.
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl ConvGeom {
+    /// The geometry of `conv2d(x [b, ci, h, w], weight [co, ci, k, k], stride, pad)`; `None`
+    /// where the kernel does not fit the padded input or a size is zero.
+    pub fn new(
+        [b, ci, h, w]: [usize; 4],
+        co: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Option<Self> {
+        if [b, ci, h, w, co, k, stride].contains(&0) || h + 2 * pad < k || w + 2 * pad < k {
+            return None;
+        }
+        Some(Self {
+            b,
+            ci,
+            h,
+            w,
+            co,
+            k,
+            stride,
+            pad,
+            ho: (h + 2 * pad - k) / stride + 1,
+            wo: (w + 2 * pad - k) / stride + 1,
+        })
+    }
+
+    /// Rows of the column matrix, `ci·k·k`.
+    fn kk(&self) -> usize {
+        self.ci * self.k * self.k
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Output rows per tile: the column tile stays within about 256 KiB (L2) but holds at least
+    /// one output row.
+    fn rows_per_tile(&self) -> usize {
+        const TILE_FLOATS: usize = 64 * 1024;
+        (TILE_FLOATS / (self.kk() * self.wo).max(1)).clamp(1, self.ho)
+    }
+
+    /// Every (image, first row, end row) the passes iterate over.
+    fn tiles(&self) -> Vec<(usize, usize, usize)> {
+        let r = self.rows_per_tile();
+        (0..self.b)
+            .flat_map(|b| {
+                (0..self.ho)
+                    .step_by(r)
+                    .map(move |y0| (b, y0, (y0 + r).min(self.ho)))
+            })
+            .collect()
+    }
+
+    /// The `[lo, hi)` output columns whose input column `ox·s + kw − pad` lies inside the
+    /// image.
+    fn valid_cols(&self, kw: usize) -> (usize, usize) {
+        valid_range(self.w, self.wo, self.stride, self.pad, kw)
+    }
+}
+
+/// Output positions `o < out_len` with `o·s + kt − pad` in `[0, in_len)`, as a `[lo, hi)`
+/// range (possibly empty).
+fn valid_range(in_len: usize, out_len: usize, s: usize, pad: usize, kt: usize) -> (usize, usize) {
+    let lo = if kt >= pad { 0 } else { (pad - kt).div_ceil(s) };
+    let hi = if in_len + pad > kt {
+        ((in_len + pad - kt - 1) / s + 1).min(out_len)
+    } else {
+        0
+    };
+    (lo.min(out_len), hi.max(lo.min(out_len)))
+}
+
+/// A raw pointer that may cross threads; every use writes a region no other task writes.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the tasks that share it write disjoint regions (see each use).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Through a method, so closures capture the wrapper (which is `Send`), not the field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all strided, single-threaded.
+///
+/// # Safety
+/// Every pointer must be valid for the strides and sizes given.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    [dst_rs, dst_cs]: [isize; 2],
+    accumulate: bool,
+    lhs: *const f32,
+    [lhs_rs, lhs_cs]: [isize; 2],
+    rhs: *const f32,
+    [rhs_rs, rhs_cs]: [isize; 2],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// The column matrix of output rows `[y0, y1)` of one image `x [ci, h, w]`: row
+/// `(c·k + kh)·k + kw`, column `(oy − y0)·wo + ox`, holding `x[c, oy·s + kh − p, ox·s + kw − p]`
+/// (zero outside the image).
+fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
+    let (k, s, wo) = (g.k, g.stride, g.wo);
+    let t = (y1 - y0) * wo;
+    for c in 0..g.ci {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for kh in 0..k {
+            let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
+            for kw in 0..k {
+                let (lo, hi) = g.valid_cols(kw);
+                let row = &mut col[((c * k + kh) * k + kw) * t..][..t];
+                for (r, oy) in (y0..y1).enumerate() {
+                    let dst = &mut row[r * wo..(r + 1) * wo];
+                    if oy < ylo || oy >= yhi {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(oy * s + kh - g.pad) * g.w..][..g.w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if s == 1 {
+                        let start = lo + kw - g.pad;
+                        dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                    } else {
+                        for (ox, d) in dst[lo..hi].iter_mut().enumerate() {
+                            *d = src[(ox + lo) * s + kw - g.pad];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds the column matrix of rows `[y0, y1)` into `x [ci, h, w]`.
+fn col2im_add(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, x: &mut [f32]) {
+    let (k, s, wo) = (g.k, g.stride, g.wo);
+    let t = (y1 - y0) * wo;
+    for c in 0..g.ci {
+        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for kh in 0..k {
+            let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
+            for kw in 0..k {
+                let (lo, hi) = g.valid_cols(kw);
+                let row = &col[((c * k + kh) * k + kw) * t..][..t];
+                for (r, oy) in (y0..y1)
+                    .enumerate()
+                    .filter(|(_, oy)| *oy >= ylo && *oy < yhi)
+                {
+                    let src = &row[r * wo..(r + 1) * wo];
+                    let dst = &mut plane[(oy * s + kh - g.pad) * g.w..][..g.w];
+                    if s == 1 {
+                        let start = lo + kw - g.pad;
+                        for (d, v) in dst[start..start + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for (ox, v) in src[lo..hi].iter().enumerate() {
+                            dst[(ox + lo) * s + kw - g.pad] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `conv2d(x, weight)` without bias.
+///
+/// # Shapes
+/// - `x`: `[b, ci, h, w]`; `weight`: `[co, ci, k, k]`; output: `[b, co, ho, wo]`
+pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
+    debug_assert_eq!(x.len(), g.b * plane_in);
+    debug_assert_eq!(weight.len(), g.co * kk);
+    let mut out = vec![0.0f32; g.b * g.co * plane_out];
+    let dst = SendPtr(out.as_mut_ptr());
+    let tiles = g.tiles();
+    let pointwise = g.is_pointwise();
+    let buf = if pointwise {
+        0
+    } else {
+        kk * g.rows_per_tile() * g.wo
+    };
+    tiles
+        .par_iter()
+        .for_each_init(Vec::new, |col: &mut Vec<f32>, &(b, y0, y1)| {
+            let t = (y1 - y0) * g.wo;
+            let xb = &x[b * plane_in..(b + 1) * plane_in];
+            let rhs = if pointwise {
+                xb[y0 * g.wo..].as_ptr()
+            } else {
+                col.resize(buf, 0.0);
+                im2col(xb, g, y0, y1, col);
+                col.as_ptr()
+            };
+            let rhs_rs = if pointwise { plane_out } else { t } as isize;
+            // SAFETY: this task alone writes columns [y0·wo, y1·wo) of image b's output rows;
+            // the sizes match the buffers (debug-asserted above).
+            unsafe {
+                gemm(
+                    [g.co, t, kk],
+                    dst.get().add(b * g.co * plane_out + y0 * g.wo),
+                    [plane_out as isize, 1],
+                    false,
+                    weight.as_ptr(),
+                    [kk as isize, 1],
+                    rhs,
+                    [rhs_rs, 1],
+                )
+            }
+        });
+    out
+}
+
+/// The gradient of `conv2d(x, weight)` with respect to `weight`, i.e. `Σ_b g_b · im2col(x_b)ᵀ`.
+///
+/// # Shapes
+/// - `x`: `[b, ci, h, w]`; `grad`: `[b, co, ho, wo]`; output: `[co, ci, k, k]`
+pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
+    debug_assert_eq!(x.len(), g.b * plane_in);
+    debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
+    let pointwise = g.is_pointwise();
+    // The pixels are this GEMM's inner dimension: at least 256 of them per call.
+    let rows = g.rows_per_tile().max(256usize.div_ceil(g.wo)).min(g.ho);
+    let tiles: Vec<(usize, usize, usize)> = (0..g.b)
+        .flat_map(|b| {
+            (0..g.ho)
+                .step_by(rows)
+                .map(move |y0| (b, y0, (y0 + rows).min(g.ho)))
+        })
+        .collect();
+    // Fixed chunks, each summed in order into its own buffer, then the buffers in order: the
+    // same float sums on every run whatever the thread count or scheduling (a resumed run
+    // must equal an uninterrupted one bit for bit). At most 16 chunks and 64 MiB of buffers.
+    let size = g.co * kk;
+    let chunks = tiles.len().min(16).min((16 << 20) / size).max(1);
+    let per_chunk = tiles.len().div_ceil(chunks);
+    let partial: Vec<Vec<f32>> = tiles
+        .par_chunks(per_chunk)
+        .map(|chunk| {
+            let mut acc = vec![0.0f32; size];
+            let mut col = Vec::new();
+            for &(b, y0, y1) in chunk {
+                let t = (y1 - y0) * g.wo;
+                let xb = &x[b * plane_in..(b + 1) * plane_in];
+                // colᵀ [t, kk]: element (p, r) at r·stride + p.
+                let (rhs, rhs_cs) = if pointwise {
+                    (xb[y0 * g.wo..].as_ptr(), plane_out)
+                } else {
+                    col.resize(kk * t, 0.0);
+                    im2col(xb, g, y0, y1, &mut col);
+                    (col.as_ptr(), t)
+                };
+                // SAFETY: acc is [co, kk]; the output-gradient tile is [co, t] with row stride
+                // plane_out; colᵀ as above.
+                unsafe {
+                    gemm(
+                        [g.co, kk, t],
+                        acc.as_mut_ptr(),
+                        [kk as isize, 1],
+                        true,
+                        grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
+                        [plane_out as isize, 1],
+                        rhs,
+                        [1, rhs_cs as isize],
+                    )
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut partial = partial.into_iter();
+    let mut sum = partial.next().unwrap_or_else(|| vec![0.0; size]);
+    for p in partial {
+        sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
+
+/// The gradient of `conv2d(x, weight)` with respect to `x` (= `conv_transpose2d(grad, weight)`
+/// with the output padding that gives back `h × w`).
+///
+/// # Shapes
+/// - `grad`: `[b, co, ho, wo]`; `weight`: `[co, ci, k, k]`; output: `[b, ci, h, w]`
+pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
+    debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
+    debug_assert_eq!(weight.len(), g.co * kk);
+    let k = g.k;
+    if g.stride == 1 && g.pad < k {
+        // A stride-1 convolution's adjoint is the convolution with the kernel flipped in space,
+        // input and output channels swapped, and padding k − 1 − p: one fast forward pass.
+        let mut flipped = vec![0.0f32; weight.len()];
+        for o in 0..g.co {
+            for c in 0..g.ci {
+                for t in 0..k * k {
+                    flipped[((c * g.co + o) * k * k) + (k * k - 1 - t)] =
+                        weight[(o * g.ci + c) * k * k + t];
+                }
+            }
+        }
+        let adjoint = ConvGeom {
+            b: g.b,
+            ci: g.co,
+            h: g.ho,
+            w: g.wo,
+            co: g.ci,
+            k,
+            stride: 1,
+            pad: k - 1 - g.pad,
+            ho: g.h,
+            wo: g.w,
+        };
+        return conv_forward(grad, &flipped, &adjoint);
+    }
+    let mut out = vec![0.0f32; g.b * plane_in];
+    let r = g.rows_per_tile();
+    out.par_chunks_mut(plane_in).enumerate().for_each_init(
+        Vec::new,
+        |col: &mut Vec<f32>, (b, xb)| {
+            for y0 in (0..g.ho).step_by(r) {
+                let y1 = (y0 + r).min(g.ho);
+                let t = (y1 - y0) * g.wo;
+                col.resize(kk * t, 0.0);
+                // SAFETY: col is [kk, t]; Wᵀ [kk, co] reads weight [co, kk] transposed; the
+                // output-gradient tile is [co, t] with row stride plane_out.
+                unsafe {
+                    gemm(
+                        [kk, t, g.co],
+                        col.as_mut_ptr(),
+                        [t as isize, 1],
+                        false,
+                        weight.as_ptr(),
+                        [1, kk as isize],
+                        grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
+                        [plane_out as isize, 1],
+                    )
+                }
+                col2im_add(&col[..kk * t], g, y0, y1, xb);
+            }
+        },
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, one output at a time.
+    fn naive_forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+        let mut out = vec![0.0f32; g.b * g.co * g.ho * g.wo];
+        for b in 0..g.b {
+            for o in 0..g.co {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let mut acc = 0.0f64;
+                        for c in 0..g.ci {
+                            for kh in 0..g.k {
+                                for kw in 0..g.k {
+                                    let iy = (oy * g.stride + kh) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kw) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    acc += x
+                                        [((b * g.ci + c) * g.h + iy as usize) * g.w + ix as usize]
+                                        as f64
+                                        * w[((o * g.ci + c) * g.k + kh) * g.k + kw] as f64;
+                                }
+                            }
+                        }
+                        out[((b * g.co + o) * g.ho + oy) * g.wo + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic, no dependency.
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in a.iter().zip(b).enumerate() {
+            // f32 sums of at most a few hundred products of values in [-0.5, 0.5].
+            assert!((a - b).abs() <= 1e-5 * scale, "{what}[{i}]: {a} vs {b}");
+        }
+    }
+
+    /// Forward against the definition; the two gradients by the adjoint identities
+    /// `<conv(x, w), g> = <x, dx(g, w)> = <w, dw(x, g)>` for every geometry the networks use
+    /// (3×3 pad 1, strided 3×3 pad 0 after a blur, 1×1, stride-2 transposed shapes) and odd
+    /// sizes, with several tiles per image.
+    #[test]
+    fn kernels_match_the_definition_and_are_adjoint() {
+        for &(shape, co, k, s, p) in &[
+            ([2, 3, 7, 5], 4, 3, 1, 1),
+            ([3, 5, 9, 9], 2, 3, 2, 0),
+            ([1, 4, 8, 6], 3, 1, 1, 0),
+            ([2, 4, 8, 8], 3, 1, 2, 0),
+            ([2, 2, 9, 11], 3, 3, 2, 1),
+            ([1, 3, 6, 6], 2, 4, 2, 1),
+            ([2, 40, 70, 3], 5, 3, 1, 1),
+            ([1, 2, 5, 5], 2, 3, 1, 2),
+        ] {
+            let g = ConvGeom::new(shape, co, k, s, p).unwrap();
+            let x = values(g.b * g.ci * g.h * g.w, 1);
+            let w = values(g.co * g.kk(), 2);
+            let gr = values(g.b * g.co * g.ho * g.wo, 3);
+            let y = conv_forward(&x, &w, &g);
+            close(&y, &naive_forward(&x, &w, &g), &format!("forward {g:?}"));
+            let dx = conv_input_grad(&gr, &w, &g);
+            let dw = conv_weight_grad(&x, &gr, &g);
+            let (yg, xdx, wdw) = (dot(&y, &gr), dot(&x, &dx), dot(&w, &dw));
+            let tol = 1e-4 * yg.abs().max(1.0);
+            assert!((yg - xdx).abs() < tol, "input grad {g:?}: {yg} vs {xdx}");
+            assert!((yg - wdw).abs() < tol, "weight grad {g:?}: {yg} vs {wdw}");
+        }
+    }
+
+    #[test]
+    fn geometry_refuses_what_does_not_fit() {
+        assert!(ConvGeom::new([1, 1, 2, 2], 1, 3, 1, 0).is_none());
+        assert!(ConvGeom::new([0, 1, 4, 4], 1, 3, 1, 1).is_none());
+        assert!(ConvGeom::new([1, 1, 4, 4], 1, 3, 0, 1).is_none());
+        let g = ConvGeom::new([1, 1, 2, 2], 1, 3, 1, 1).unwrap();
+        assert_eq!((g.ho, g.wo), (2, 2));
+    }
+}

@@ -1,0 +1,339 @@
+//! The networks' dense convolutions as backend operations: forward, input gradient (the
+//! transposed convolution) and weight gradient, each an operation of its own.
+//!
+//! On Flex all three run our kernels ([`crate::conv_kernels`], 1.3–5× Flex's own at the 16–64
+//! channels of these networks: `docs/performance.md`); every other backend runs Burn's
+//! `conv2d`, `conv_transpose2d` and `conv2d_weight_backward`, exactly as before. The autodiff
+//! wrappers make the forward and the transposed convolution differentiable in both inputs, with
+//! backward passes that are again these operations, so R1's input-VJPs (a transposed
+//! convolution differentiated once more) run our kernels too.
+//!
+//! Only square kernels with one stride and one padding on both axes, no dilation and no groups
+//! come here: every `EqualConv2d`, `EqualLinear::forward_spatial` and `ModulatedConv2d` of the
+//! networks. FIR filters have their own operation (`fir_op`).
+
+// The ndarray backend is deprecated upstream but still ours for the parity tests; the extension
+// must route it like every compiled-in backend.
+#![allow(deprecated)]
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary};
+use burn::backend::{
+    Autodiff, Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor,
+};
+use burn::tensor::Tensor;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+
+fn options(stride: usize, pad: usize) -> ConvOptions<2> {
+    ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1)
+}
+
+/// `(o − 1)·s − 2p + k` rows come out of a transposed convolution; the output padding adds
+/// the rest of `len` (what a strided forward rounded down).
+fn output_padding(len: usize, out_len: usize, k: usize, stride: usize, pad: usize) -> usize {
+    len + 2 * pad - ((out_len - 1) * stride + k)
+}
+
+/// Burn's transposed convolution as the input gradient of `conv2d(x [.., h, w], weight)`.
+fn burn_input_grad<B: Backend>(
+    grad: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    stride: usize,
+    pad: usize,
+    [h, w]: [usize; 2],
+) -> FloatTensor<B> {
+    let [_, _, ho, wo] = grad.shape().dims();
+    let k = weight.shape()[2];
+    let out_pad = [
+        output_padding(h, ho, k, stride, pad),
+        output_padding(w, wo, k, stride, pad),
+    ];
+    B::conv_transpose2d(
+        grad,
+        weight,
+        None,
+        ConvTransposeOptions::new([stride, stride], [pad, pad], out_pad, [1, 1], 1),
+    )
+}
+
+/// Backend operations: a dense convolution and its two gradients.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda")),
+    Autodiff
+)]
+pub trait ConvBackend: Backend {
+    /// `conv2d(x, weight, stride, pad)` without bias.
+    fn sae_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, options(stride, pad))
+    }
+
+    /// The input gradient of `conv2d(x [.., h, w], weight, stride, pad)` for the output
+    /// gradient `grad`: `conv_transpose2d(grad, weight)` with the output padding that gives
+    /// `h × w`.
+    fn sae_conv_input_grad(
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+        h: usize,
+        w: usize,
+    ) -> FloatTensor<Self> {
+        burn_input_grad::<Self>(grad, weight, stride, pad, [h, w])
+    }
+
+    /// The weight gradient of `conv2d(x, weight, stride, pad)` for the output gradient `grad`
+    /// (`weight` gives the shape only).
+    fn sae_conv_weight_grad(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_weight_backward(x, weight, grad, options(stride, pad))
+    }
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    //! Flex: our kernels for contiguous-able f32 tensors whose geometry fits; Burn's ops for
+    //! anything else (other dtypes).
+    use super::*;
+    use crate::conv_kernels::{self, ConvGeom};
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::ops::ModuleOps;
+    use burn::tensor::{DType, TensorData};
+
+    /// The tensor's `f32` elements in row-major order (a copy only for strided views).
+    fn data(t: &FlexTensor) -> Option<(FlexTensor, [usize; 4])> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let dims: [usize; 4] = t.shape().dims();
+        let t = t.to_contiguous();
+        t.layout().contiguous_offsets()?;
+        Some((t, dims))
+    }
+
+    fn slice(t: &FlexTensor) -> &[f32] {
+        let (a, b) = t.layout().contiguous_offsets().expect("made contiguous");
+        &t.storage::<f32>()[a..b]
+    }
+
+    fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    impl ConvBackend for Flex {
+        fn sae_conv(x: FlexTensor, weight: FlexTensor, stride: usize, pad: usize) -> FlexTensor {
+            if let (Some((xc, xd)), Some((wc, [co, ci, k, k2]))) = (data(&x), data(&weight))
+                && ci == xd[1]
+                && k == k2
+                && let Some(g) = ConvGeom::new(xd, co, k, stride, pad)
+            {
+                let y = conv_kernels::conv_forward(slice(&xc), slice(&wc), &g);
+                return tensor(y, [g.b, g.co, g.ho, g.wo]);
+            }
+            Self::conv2d(x, weight, None, options(stride, pad))
+        }
+
+        fn sae_conv_input_grad(
+            grad: FlexTensor,
+            weight: FlexTensor,
+            stride: usize,
+            pad: usize,
+            h: usize,
+            w: usize,
+        ) -> FlexTensor {
+            if let (Some((gc, [b, co, ho, wo])), Some((wc, [co2, ci, k, k2]))) =
+                (data(&grad), data(&weight))
+                && co == co2
+                && k == k2
+                && let Some(g) = ConvGeom::new([b, ci, h, w], co, k, stride, pad)
+                && (g.ho, g.wo) == (ho, wo)
+            {
+                let dx = conv_kernels::conv_input_grad(slice(&gc), slice(&wc), &g);
+                return tensor(dx, [b, ci, h, w]);
+            }
+            burn_input_grad::<Self>(grad, weight, stride, pad, [h, w])
+        }
+
+        fn sae_conv_weight_grad(
+            x: FlexTensor,
+            grad: FlexTensor,
+            weight: FlexTensor,
+            stride: usize,
+            pad: usize,
+        ) -> FlexTensor {
+            let [co, ci, k, k2] = weight.shape().dims();
+            if let (Some((xc, xd)), Some((gc, gd))) = (data(&x), data(&grad))
+                && ci == xd[1]
+                && k == k2
+                && let Some(g) = ConvGeom::new(xd, co, k, stride, pad)
+                && gd == [g.b, co, g.ho, g.wo]
+            {
+                let dw = conv_kernels::conv_weight_grad(slice(&xc), slice(&gc), &g);
+                return tensor(dw, [co, ci, k, k]);
+            }
+            Self::conv2d_weight_backward(x, weight, grad, options(stride, pad))
+        }
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl ConvBackend for burn::backend::NdArray {}
+#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+impl ConvBackend for burn::backend::Cube {}
+
+impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
+    fn sae_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+    ) -> FloatTensor<Self> {
+        /// y = conv(x, W): dx = convᵀ(dy, W), dW = weight-grad(x, dy).
+        #[derive(Debug)]
+        struct ConvBackward;
+
+        impl<B: ConvBackend> Backward<B, 2> for ConvBackward {
+            /// x, W, stride, pad.
+            type State = (FloatTensor<B>, FloatTensor<B>, usize, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (x, weight, s, p) = ops.state;
+                let [_, _, h, w] = x.shape().dims();
+                let w2 = weight.clone();
+                binary::<B, _, _>(
+                    ops.parents,
+                    ops.node,
+                    grads,
+                    |g| B::sae_conv_input_grad(g, w2, s, p, h, w),
+                    |g| B::sae_conv_weight_grad(x, g, weight, s, p),
+                );
+            }
+        }
+
+        let (x, x_node) = x.into_parts();
+        let (weight, w_node) = weight.into_parts();
+        match ConvBackward
+            .prepare::<C>([x_node, w_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (x.clone(), weight.clone(), stride, pad);
+                prep.finish(state, B::sae_conv(x, weight, stride, pad))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::sae_conv(x, weight, stride, pad)),
+        }
+    }
+
+    fn sae_conv_input_grad(
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+        h: usize,
+        w: usize,
+    ) -> FloatTensor<Self> {
+        /// y = convᵀ(g, W) (the adjoint of conv(·, W)): d g = conv(dy, W),
+        /// dW = weight-grad(dy, g) (dy plays the convolution's input).
+        #[derive(Debug)]
+        struct InputGradBackward;
+
+        impl<B: ConvBackend> Backward<B, 2> for InputGradBackward {
+            /// g, W, stride, pad.
+            type State = (FloatTensor<B>, FloatTensor<B>, usize, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (g, weight, s, p) = ops.state;
+                let w2 = weight.clone();
+                binary::<B, _, _>(
+                    ops.parents,
+                    ops.node,
+                    grads,
+                    |dy| B::sae_conv(dy, w2, s, p),
+                    |dy| B::sae_conv_weight_grad(dy, g, weight, s, p),
+                );
+            }
+        }
+
+        let (g, g_node) = grad.into_parts();
+        let (weight, w_node) = weight.into_parts();
+        match InputGradBackward
+            .prepare::<C>([g_node, w_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (g.clone(), weight.clone(), stride, pad);
+                prep.finish(state, B::sae_conv_input_grad(g, weight, stride, pad, h, w))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::sae_conv_input_grad(g, weight, stride, pad, h, w))
+            }
+        }
+    }
+}
+
+/// `conv2d(x, weight, stride, pad)` without bias, differentiable in both inputs.
+///
+/// # Shapes
+/// - `x`: `[batch, in, h, w]`; `weight`: `[out, in, k, k]`
+/// - output: `[batch, out, (h + 2p − k)/s + 1, (w + 2p − k)/s + 1]`
+///
+/// The callers check that the channels agree and the kernel fits the padded input.
+pub(crate) fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, pad: usize) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as ConvBackend>::sae_conv(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        stride,
+        pad,
+    ))
+}
+
+/// The input gradient of `conv2d(x [.., h, w], weight, stride, pad)` for the output gradient
+/// `g`, i.e. `conv_transpose2d(g, weight)` with the output padding that gives `h × w`;
+/// differentiable in both inputs.
+///
+/// # Shapes
+/// - `g`: `[batch, out, ho, wo]` with `ho = (h + 2p − k)/s + 1` (likewise `wo`)
+/// - `weight`: `[out, in, k, k]`
+/// - output: `[batch, in, h, w]`
+pub(crate) fn conv2d_input_grad(
+    g: Tensor<4>,
+    weight: Tensor<4>,
+    stride: usize,
+    pad: usize,
+    [h, w]: [usize; 2],
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as ConvBackend>::sae_conv_input_grad(
+        g.into_dispatch(),
+        weight.into_dispatch(),
+        stride,
+        pad,
+        h,
+        w,
+    ))
+}
