@@ -176,6 +176,9 @@ unsafe fn gemm(
 /// `(c·k + kh)·k + kw`, column `(oy − y0)·wo + ox`, holding `x[c, oy·s + kh − p, ox·s + kw − p]`
 /// (zero outside the image).
 fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
+    if g.stride == 1 && g.wo == g.w {
+        return im2col_same(x, g, y0, y1, col);
+    }
     let (k, s, wo) = (g.k, g.stride, g.wo);
     let t = (y1 - y0) * wo;
     for c in 0..g.ci {
@@ -202,6 +205,52 @@ fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
                             *d = src[(ox + lo) * s + kw - g.pad];
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for a stride-1 "same" convolution (`2·pad = k − 1`, so `wo = w`): the source
+/// and column rows share the row stride `w`, so each kernel tap's column row is one contiguous
+/// copy of the plane shifted by `(kh − p)·w + (kw − p)`, after which the columns that wrapped
+/// around a row edge are zeroed. At the 4–32-px planes of the small models this replaces a
+/// copy per output row by one per tap.
+fn im2col_same(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
+    let (k, p, w) = (g.k, g.pad, g.w);
+    let plane_len = g.h * w;
+    let t = (y1 - y0) * w;
+    for c in 0..g.ci {
+        let plane = &x[c * plane_len..(c + 1) * plane_len];
+        for kh in 0..k {
+            let (ylo, yhi) = valid_range(g.h, g.ho, 1, p, kh);
+            let (a, b) = (ylo.clamp(y0, y1), yhi.clamp(y0, y1).max(ylo.clamp(y0, y1)));
+            for kw in 0..k {
+                let row = &mut col[((c * k + kh) * k + kw) * t..][..t];
+                // Rows above and below the image.
+                row[..(a - y0) * w].fill(0.0);
+                row[(b - y0) * w..].fill(0.0);
+                if a == b {
+                    continue;
+                }
+                // Output (oy, ox) reads plane[(oy + kh − p)·w + ox + kw − p]: one shifted span,
+                // clipped to the plane at its two ends (those elements are wrapped columns).
+                let (d0, d1) = ((a - y0) * w, (b - y0) * w);
+                let shift = ((a + kh - p) * w) as isize + kw as isize - p as isize;
+                let skip = (-shift).max(0) as usize;
+                let src0 = (shift.max(0)) as usize;
+                let n = (d1 - d0 - skip).min(plane_len - src0);
+                row[d0..d0 + skip].fill(0.0);
+                row[d0 + skip..d0 + skip + n].copy_from_slice(&plane[src0..src0 + n]);
+                row[d0 + skip + n..d1].fill(0.0);
+                // Columns whose source wrapped into the neighbouring row.
+                let (lo, hi) = g.valid_cols(kw);
+                if (lo, hi) == (0, w) {
+                    continue;
+                }
+                for r in (a - y0)..(b - y0) {
+                    row[r * w..r * w + lo].fill(0.0);
+                    row[r * w + hi..(r + 1) * w].fill(0.0);
                 }
             }
         }
@@ -496,6 +545,10 @@ mod tests {
             ([1, 3, 6, 6], 2, 4, 2, 1),
             ([2, 40, 70, 3], 5, 3, 1, 1),
             ([1, 2, 5, 5], 2, 3, 1, 2),
+            ([2, 3, 6, 7], 2, 5, 1, 2),
+            ([1, 2, 2, 2], 3, 3, 1, 1),
+            ([1, 1, 1, 1], 2, 3, 1, 1),
+            ([3, 2, 1, 9], 2, 3, 1, 1),
         ] {
             let g = ConvGeom::new(shape, co, k, s, p).unwrap();
             let x = values(g.b * g.ci * g.h * g.w, 1);
