@@ -7,6 +7,7 @@ use burn::nn::Initializer;
 use burn::tensor::activation::leaky_relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::act_op::bias_lrelu;
 use crate::shape::check_channels;
 
 /// Negative slope of every leaky ReLU in the model.
@@ -32,7 +33,13 @@ pub(crate) fn channel_shape<const D: usize>(channels: usize) -> [usize; D] {
 /// # Panics
 /// If `bias` does not have one entry per channel of `x`.
 pub fn fused_leaky_relu<const D: usize>(x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
-    scaled_leaky_relu(add_channel_bias(x, bias))
+    match bias {
+        Some(bias) => {
+            check_channels("fused_leaky_relu", "x", &x.dims(), bias.dims()[0]);
+            bias_lrelu(x, bias)
+        }
+        None => scaled_leaky_relu(x),
+    }
 }
 
 /// `x + bias` broadcast over dimension 1: the pre-activation of [`fused_leaky_relu`].
@@ -54,7 +61,8 @@ pub fn scaled_leaky_relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// The input vector-Jacobian product of [`scaled_leaky_relu`] at the pre-activation `pre`:
-/// `g · √2 · (1 where pre > 0, else 0.2)`.
+/// `g · √2 · (1 where pre > 0, else 0.2)`. Only the signs of `pre` matter, so the activation's
+/// output serves as well.
 ///
 /// The mask is built from `pre.detach()`, so it is a constant of the returned expression. That
 /// is exact for R1: the leaky ReLU is piecewise linear, its second derivative is zero almost

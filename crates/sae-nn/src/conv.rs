@@ -7,9 +7,7 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::ops::PadMode;
 
-use crate::act::{
-    FusedLeakyReLU, FusedLeakyReLUConfig, add_channel_bias, leaky_relu_vjp, scaled_leaky_relu,
-};
+use crate::act::{FusedLeakyReLU, FusedLeakyReLUConfig, leaky_relu_vjp, scaled_leaky_relu};
 use crate::equal::{EqualConv2d, EqualConv2dConfig};
 use crate::fir::{Blur, BlurConfig};
 
@@ -140,8 +138,9 @@ impl ConvLayer {
         let x = self.conv.forward(x);
         let (y, pre) = match &self.act {
             Some(act) => {
-                let pre = add_channel_bias(x, Some(act.bias.val()));
-                (scaled_leaky_relu(pre.clone()), Some(pre))
+                // The VJP reads only the sign of the pre-activation, which the output shares.
+                let y = act.forward(x);
+                (y.clone(), Some(y))
             }
             None if self.scaled_act => (scaled_leaky_relu(x.clone()), Some(x)),
             None => (x, None),
@@ -185,7 +184,9 @@ impl ConvLayer {
 pub struct ConvLayerTape {
     /// The conv's input size (after blur and padding).
     pub conv_input: [usize; 2],
-    /// The pre-activation, when the layer activates.
+    /// When the layer activates: a tensor with the pre-activation's signs (the pre-activation
+    /// itself, or the activation's output, which has the same signs), for
+    /// [`leaky_relu_vjp`](crate::act::leaky_relu_vjp).
     pub pre: Option<Tensor<4>>,
 }
 

@@ -28,6 +28,7 @@
 //! | `util.apply_random_crop` | [`crop::PatchSampler`] |
 
 pub mod act;
+mod act_op;
 pub mod conv;
 #[cfg(feature = "flex")]
 mod conv_kernels;
