@@ -320,11 +320,7 @@ mod tests {
                 };
                 let grads = (y.clone() * dy).sum().backward();
                 let v = |t: Tensor<1>| t.into_data().to_vec::<f32>().unwrap();
-                (
-                    v(y),
-                    v(x.grad(&grads).unwrap().into()),
-                    v(b.grad(&grads).unwrap().into()),
-                )
+                (v(y), v(x.grad(&grads).unwrap()), v(b.grad(&grads).unwrap()))
             };
             let (_, dx_zero, _) = run(true, &xv);
             for i in (0..n).step_by(7) {
