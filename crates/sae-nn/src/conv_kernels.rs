@@ -131,6 +131,23 @@ impl SendPtr {
     }
 }
 
+std::thread_local! {
+    /// Each pool thread's column buffer, kept between calls: no allocation and no zeroing per
+    /// tile (every use overwrites the part it reads).
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's column buffer, grown to at least `len` floats.
+fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLUMNS.with(|cell| {
+        let mut col = cell.borrow_mut();
+        if col.len() < len {
+            col.resize(len, 0.0);
+        }
+        f(&mut col[..len])
+    })
+}
+
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all strided, single-threaded.
 ///
 /// # Safety
@@ -201,8 +218,9 @@ fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
                         let start = lo + kw - g.pad;
                         dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
                     } else {
-                        for (ox, d) in dst[lo..hi].iter_mut().enumerate() {
-                            *d = src[(ox + lo) * s + kw - g.pad];
+                        let taps = src[lo * s + kw - g.pad..].iter().step_by(s);
+                        for (d, v) in dst[lo..hi].iter_mut().zip(taps) {
+                            *d = *v;
                         }
                     }
                 }
@@ -302,39 +320,32 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
     let dst = SendPtr(out.as_mut_ptr());
     let tiles = g.tiles();
     let pointwise = g.is_pointwise();
-    let buf = if pointwise {
-        0
-    } else {
-        kk * g.rows_per_tile() * g.wo
-    };
-    tiles
-        .par_iter()
-        .for_each_init(Vec::new, |col: &mut Vec<f32>, &(b, y0, y1)| {
-            let t = (y1 - y0) * g.wo;
-            let xb = &x[b * plane_in..(b + 1) * plane_in];
-            let rhs = if pointwise {
-                xb[y0 * g.wo..].as_ptr()
-            } else {
-                col.resize(buf, 0.0);
+    tiles.par_iter().for_each(|&(b, y0, y1)| {
+        let t = (y1 - y0) * g.wo;
+        let xb = &x[b * plane_in..(b + 1) * plane_in];
+        // SAFETY: this task alone writes columns [y0·wo, y1·wo) of image b's output rows;
+        // the sizes match the buffers (debug-asserted above).
+        let run = |rhs: *const f32, rhs_rs: usize| unsafe {
+            gemm(
+                [g.co, t, kk],
+                dst.get().add(b * g.co * plane_out + y0 * g.wo),
+                [plane_out as isize, 1],
+                false,
+                weight.as_ptr(),
+                [kk as isize, 1],
+                rhs,
+                [rhs_rs as isize, 1],
+            )
+        };
+        if pointwise {
+            run(xb[y0 * g.wo..].as_ptr(), plane_out);
+        } else {
+            with_columns(kk * t, |col| {
                 im2col(xb, g, y0, y1, col);
-                col.as_ptr()
-            };
-            let rhs_rs = if pointwise { plane_out } else { t } as isize;
-            // SAFETY: this task alone writes columns [y0·wo, y1·wo) of image b's output rows;
-            // the sizes match the buffers (debug-asserted above).
-            unsafe {
-                gemm(
-                    [g.co, t, kk],
-                    dst.get().add(b * g.co * plane_out + y0 * g.wo),
-                    [plane_out as isize, 1],
-                    false,
-                    weight.as_ptr(),
-                    [kk as isize, 1],
-                    rhs,
-                    [rhs_rs, 1],
-                )
-            }
-        });
+                run(col.as_ptr(), t);
+            });
+        }
+    });
     out
 }
 
@@ -366,21 +377,13 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
         .par_chunks(per_chunk)
         .map(|chunk| {
             let mut acc = vec![0.0f32; size];
-            let mut col = Vec::new();
             for &(b, y0, y1) in chunk {
                 let t = (y1 - y0) * g.wo;
                 let xb = &x[b * plane_in..(b + 1) * plane_in];
-                // colᵀ [t, kk]: element (p, r) at r·stride + p.
-                let (rhs, rhs_cs) = if pointwise {
-                    (xb[y0 * g.wo..].as_ptr(), plane_out)
-                } else {
-                    col.resize(kk * t, 0.0);
-                    im2col(xb, g, y0, y1, &mut col);
-                    (col.as_ptr(), t)
-                };
+                // colᵀ [t, kk]: element (p, r) at r·rhs_cs + p.
                 // SAFETY: acc is [co, kk]; the output-gradient tile is [co, t] with row stride
                 // plane_out; colᵀ as above.
-                unsafe {
+                let mut run = |rhs: *const f32, rhs_cs: usize| unsafe {
                     gemm(
                         [g.co, kk, t],
                         acc.as_mut_ptr(),
@@ -391,6 +394,14 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
                         rhs,
                         [1, rhs_cs as isize],
                     )
+                };
+                if pointwise {
+                    run(xb[y0 * g.wo..].as_ptr(), plane_out);
+                } else {
+                    with_columns(kk * t, |col| {
+                        im2col(xb, g, y0, y1, col);
+                        run(col.as_ptr(), t);
+                    });
                 }
             }
             acc
@@ -442,31 +453,31 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
     }
     let mut out = vec![0.0f32; g.b * plane_in];
     let r = g.rows_per_tile();
-    out.par_chunks_mut(plane_in).enumerate().for_each_init(
-        Vec::new,
-        |col: &mut Vec<f32>, (b, xb)| {
+    out.par_chunks_mut(plane_in)
+        .enumerate()
+        .for_each(|(b, xb)| {
             for y0 in (0..g.ho).step_by(r) {
                 let y1 = (y0 + r).min(g.ho);
                 let t = (y1 - y0) * g.wo;
-                col.resize(kk * t, 0.0);
-                // SAFETY: col is [kk, t]; Wᵀ [kk, co] reads weight [co, kk] transposed; the
-                // output-gradient tile is [co, t] with row stride plane_out.
-                unsafe {
-                    gemm(
-                        [kk, t, g.co],
-                        col.as_mut_ptr(),
-                        [t as isize, 1],
-                        false,
-                        weight.as_ptr(),
-                        [1, kk as isize],
-                        grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
-                        [plane_out as isize, 1],
-                    )
-                }
-                col2im_add(&col[..kk * t], g, y0, y1, xb);
+                with_columns(kk * t, |col| {
+                    // SAFETY: col is [kk, t]; Wᵀ [kk, co] reads weight [co, kk] transposed; the
+                    // output-gradient tile is [co, t] with row stride plane_out.
+                    unsafe {
+                        gemm(
+                            [kk, t, g.co],
+                            col.as_mut_ptr(),
+                            [t as isize, 1],
+                            false,
+                            weight.as_ptr(),
+                            [1, kk as isize],
+                            grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
+                            [plane_out as isize, 1],
+                        )
+                    }
+                    col2im_add(col, g, y0, y1, xb);
+                });
             }
-        },
-    );
+        });
     out
 }
 
