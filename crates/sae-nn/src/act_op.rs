@@ -121,6 +121,9 @@ mod flex {
             };
             let (c, (per_task, plane)) = (shape[1], planes(&shape));
             let (xs, bs) = (slice(&xc), slice(&bc));
+            if xs.is_empty() {
+                return tensor(Vec::new(), shape);
+            }
             let mut out = vec![0.0f32; xs.len()];
             out.par_chunks_mut(per_task * plane)
                 .zip(xs.par_chunks(per_task * plane))

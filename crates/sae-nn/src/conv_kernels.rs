@@ -214,6 +214,11 @@ fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
                     let src = &plane[(oy * s + kh - g.pad) * g.w..][..g.w];
                     dst[..lo].fill(0.0);
                     dst[hi..].fill(0.0);
+                    if lo == hi {
+                        // No output column of this tap reads the image (a kernel wider than
+                        // the padded row reaches past it).
+                        continue;
+                    }
                     if s == 1 {
                         let start = lo + kw - g.pad;
                         dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
@@ -255,8 +260,9 @@ fn im2col_same(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
                 // clipped to the plane at its two ends (those elements are wrapped columns).
                 let (d0, d1) = ((a - y0) * w, (b - y0) * w);
                 let shift = ((a + kh - p) * w) as isize + kw as isize - p as isize;
-                let skip = (-shift).max(0) as usize;
-                let src0 = (shift.max(0)) as usize;
+                // (Both clips matter only for planes narrower than the padding.)
+                let skip = ((-shift).max(0) as usize).min(d1 - d0);
+                let src0 = (shift.max(0) as usize).min(plane_len);
                 let n = (d1 - d0 - skip).min(plane_len - src0);
                 row[d0..d0 + skip].fill(0.0);
                 row[d0 + skip..d0 + skip + n].copy_from_slice(&plane[src0..src0 + n]);
@@ -285,6 +291,9 @@ fn col2im_add(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, x: &mut [f32]) {
             let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
             for kw in 0..k {
                 let (lo, hi) = g.valid_cols(kw);
+                if lo == hi {
+                    continue;
+                }
                 let row = &col[((c * k + kh) * k + kw) * t..][..t];
                 for (r, oy) in (y0..y1)
                     .enumerate()
@@ -560,6 +569,14 @@ mod tests {
             ([1, 2, 2, 2], 3, 3, 1, 1),
             ([1, 1, 1, 1], 2, 3, 1, 1),
             ([3, 2, 1, 9], 2, 3, 1, 1),
+            ([1, 1, 1, 1], 1, 5, 1, 2),
+            ([2, 2, 1, 3], 3, 5, 1, 2),
+            ([1, 2, 2, 1], 2, 7, 1, 3),
+            // Kernels that reach past the padded image on some taps.
+            ([1, 1, 2, 2], 1, 6, 1, 2),
+            ([1, 1, 3, 1], 1, 1, 3, 1),
+            ([2, 1, 5, 1], 2, 7, 2, 3),
+            ([1, 2, 7, 2], 2, 6, 1, 2),
         ] {
             let g = ConvGeom::new(shape, co, k, s, p).unwrap();
             let x = values(g.b * g.ci * g.h * g.w, 1);

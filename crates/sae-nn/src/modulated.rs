@@ -14,7 +14,7 @@ use crate::equal::{EqualLinear, EqualLinearConfig, STANDARD_NORMAL};
 use crate::fir::{Blur, BlurConfig};
 use crate::noise::{Noise, NoiseInjection, NoiseInjectionConfig};
 use crate::resample::bilinear_resize;
-use crate::shape::{check_batch, check_channels};
+use crate::shape::{check_batch, check_channels, check_nonempty};
 
 /// A texture code as the generator's layers consume it.
 // A style lives for one generator call and is passed by reference: the size of its largest
@@ -238,8 +238,8 @@ impl ModulatedConv2d {
     /// - output: `[batch, out, h, w]`, or `[batch, out, 2h, 2w]` when upsampling
     ///
     /// # Panics
-    /// If `x` does not have `in` channels, the style does not have `style_dim` channels, or the
-    /// batch sizes differ.
+    /// If `x` does not have `in` channels or is empty, the style does not have `style_dim`
+    /// channels, or the batch sizes differ.
     pub fn forward(&self, x: Tensor<4>, style: &Style) -> Tensor<4> {
         let [out, cin, k, _] = self.weight.dims();
         check_channels("ModulatedConv2d", "x", &x.dims(), cin);
@@ -250,6 +250,7 @@ impl ModulatedConv2d {
             self.modulation.in_features(),
         );
         check_batch("ModulatedConv2d", &x.dims(), &style.dims());
+        check_nonempty("ModulatedConv2d", "x", &x.dims());
         let [_, _, h, w] = x.dims();
         let x = x * self.input_scale(style, [h, w]);
         let weight = self.effective_weight();
