@@ -8,7 +8,7 @@ medians after warm-up, and the PyTorch side counts the case's floating-point ope
 both sides' achieved GFLOP/s. The machine's f32 peak is measured as the faster of a 2048³ matrix
 product in PyTorch and in Burn.
 
-    cargo build --release --example bench_side
+    cargo build --release -p swapping-autoencoder -p sae-cli --examples --bins
     .venv/bin/python tools/reference/bench_side.py [--quick] [--only NAME,...] [--json out.json]
 
 Cases (NAME): swap1, swap8 (church-256 swap, 256 px, batch 1 / 8: encode both images, decode
@@ -205,7 +205,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     ap.add_argument("--only", help="comma-separated case names: " + ", ".join(CASES))
     ap.add_argument("--bin", default=str(ROOT / "target/release/examples/bench_side"),
-                    help="our benchmark binary (cargo build --release --example bench_side)")
+                    help="our benchmark binary (cargo build --release -p swapping-autoencoder "
+                         "-p sae-cli --examples --bins)")
     ap.add_argument("--json", help="also write the raw results here")
     a = ap.parse_args()
     if a.worker:
@@ -216,7 +217,8 @@ def main():
             raise SystemExit(f"--only: unknown case {n!r}; cases: {', '.join(CASES)}")
     if not Path(a.bin).is_file():
         raise SystemExit(f"--bin: {a.bin} does not exist; run "
-                         "`cargo build --release --example bench_side` first")
+                         "`cargo build --release -p swapping-autoencoder -p sae-cli --examples "
+                         "--bins` first")
     me = [sys.executable, str(Path(__file__).resolve()), "--worker"]
     results = {}
     mm = {}
