@@ -34,26 +34,11 @@ fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-struct Case {
-    batch: usize,
-    cin: usize,
-    cout: usize,
-    size: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-}
+/// `(batch, in channels, out channels, size, kernel, stride, padding)`.
+type Case = (usize, usize, usize, usize, usize, usize, usize);
 
-fn run(case: &Case, repeats: usize) {
-    let Case {
-        batch,
-        cin,
-        cout,
-        size,
-        k,
-        stride,
-        pad,
-    } = *case;
+fn run(case: Case, repeats: usize) {
+    let (batch, cin, cout, size, k, stride, pad) = case;
     let plain = Device::default();
     let ad = plain.clone().autodiff();
     let layer = |d: &Device| -> EqualConv2d {
@@ -121,29 +106,21 @@ fn main() {
         "| conv (batch×in→out, size, kernel) | Flex fwd | ours fwd | ours / Flex | Flex fwd+bwd | ours fwd+bwd | ours / Flex |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let c = |batch, cin, cout, size, k, stride, pad| Case {
-        batch,
-        cin,
-        cout,
-        size,
-        k,
-        stride,
-        pad,
-    };
-    for case in [
+    let cases: [Case; 8] = [
         // cfg128's D and E widths, stride-1 3×3 ...
-        c(12, 32, 32, 128, 3, 1, 1),
-        c(12, 64, 64, 64, 3, 1, 1),
-        c(12, 64, 64, 16, 3, 1, 1),
+        (12, 32, 32, 128, 3, 1, 1),
+        (12, 64, 64, 64, 3, 1, 1),
+        (12, 64, 64, 16, 3, 1, 1),
         // ... the strided 3×3 after a blur, the strided 1×1 skip ...
-        c(12, 32, 64, 66, 3, 2, 0),
-        c(12, 32, 64, 64, 1, 2, 0),
+        (12, 32, 64, 66, 3, 2, 0),
+        (12, 32, 64, 64, 1, 2, 0),
         // ... and the tiny / quickstart widths.
-        c(12, 16, 32, 64, 3, 1, 1),
-        c(24, 32, 32, 16, 3, 1, 1),
+        (12, 16, 32, 64, 3, 1, 1),
+        (24, 32, 32, 16, 3, 1, 1),
         // church-256's 512-channel convs at batch 1 (inference).
-        c(1, 512, 512, 16, 3, 1, 1),
-    ] {
-        run(&case, repeats);
+        (1, 512, 512, 16, 3, 1, 1),
+    ];
+    for case in cases {
+        run(case, repeats);
     }
 }

@@ -148,6 +148,25 @@ fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Runs `f(columns, row_stride)` on the column matrix `[kk, (y1 − y0)·wo]` of rows
+/// `[y0, y1)` of one image `xb`: the image itself for a pointwise convolution (its rows of
+/// pixels, stride `ho·wo`), else this thread's buffer filled by [`im2col`].
+fn with_tile<R>(
+    xb: &[f32],
+    g: &ConvGeom,
+    (y0, y1): (usize, usize),
+    f: impl FnOnce(*const f32, usize) -> R,
+) -> R {
+    if g.is_pointwise() {
+        return f(xb[y0 * g.wo..].as_ptr(), g.ho * g.wo);
+    }
+    let t = (y1 - y0) * g.wo;
+    with_columns(g.kk() * t, |col| {
+        im2col(xb, g, y0, y1, col);
+        f(col.as_ptr(), t)
+    })
+}
+
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all strided, single-threaded.
 ///
 /// # Safety
@@ -328,7 +347,6 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
     let mut out = vec![0.0f32; g.b * g.co * plane_out];
     let dst = SendPtr(out.as_mut_ptr());
     let tiles = g.tiles();
-    let pointwise = g.is_pointwise();
     tiles.par_iter().for_each(|&(b, y0, y1)| {
         let t = (y1 - y0) * g.wo;
         let xb = &x[b * plane_in..(b + 1) * plane_in];
@@ -346,14 +364,7 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
                 [rhs_rs as isize, 1],
             )
         };
-        if pointwise {
-            run(xb[y0 * g.wo..].as_ptr(), plane_out);
-        } else {
-            with_columns(kk * t, |col| {
-                im2col(xb, g, y0, y1, col);
-                run(col.as_ptr(), t);
-            });
-        }
+        with_tile(xb, g, (y0, y1), run);
     });
     out
 }
@@ -366,7 +377,6 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
     let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
     debug_assert_eq!(x.len(), g.b * plane_in);
     debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
-    let pointwise = g.is_pointwise();
     // The pixels are this GEMM's inner dimension: at least 256 of them per call.
     let rows = g.rows_per_tile().max(256usize.div_ceil(g.wo)).min(g.ho);
     let tiles: Vec<(usize, usize, usize)> = (0..g.b)
@@ -392,7 +402,7 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
                 // colᵀ [t, kk]: element (p, r) at r·rhs_cs + p.
                 // SAFETY: acc is [co, kk]; the output-gradient tile is [co, t] with row stride
                 // plane_out; colᵀ as above.
-                let mut run = |rhs: *const f32, rhs_cs: usize| unsafe {
+                let run = |rhs: *const f32, rhs_cs: usize| unsafe {
                     gemm(
                         [g.co, kk, t],
                         acc.as_mut_ptr(),
@@ -404,14 +414,7 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
                         [1, rhs_cs as isize],
                     )
                 };
-                if pointwise {
-                    run(xb[y0 * g.wo..].as_ptr(), plane_out);
-                } else {
-                    with_columns(kk * t, |col| {
-                        im2col(xb, g, y0, y1, col);
-                        run(col.as_ptr(), t);
-                    });
-                }
+                with_tile(xb, g, (y0, y1), run);
             }
             acc
         })

@@ -110,29 +110,15 @@ mod flex {
     //! anything else (other dtypes).
     use super::*;
     use crate::conv_kernels::{self, ConvGeom};
+    use crate::flex_data::{contiguous_f32, from_values, values};
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use burn::backend::ops::ModuleOps;
-    use burn::tensor::{DType, TensorData};
 
-    /// The tensor's `f32` elements in row-major order (a copy only for strided views).
+    /// A contiguous `f32` copy-or-view of a 4-D tensor and its dims.
     fn data(t: &FlexTensor) -> Option<(FlexTensor, [usize; 4])> {
-        if t.dtype() != DType::F32 {
-            return None;
-        }
         let dims: [usize; 4] = t.shape().dims();
-        let t = t.to_contiguous();
-        t.layout().contiguous_offsets()?;
-        Some((t, dims))
-    }
-
-    fn slice(t: &FlexTensor) -> &[f32] {
-        let (a, b) = t.layout().contiguous_offsets().expect("made contiguous");
-        &t.storage::<f32>()[a..b]
-    }
-
-    fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, shape))
+        contiguous_f32(t).map(|t| (t, dims))
     }
 
     impl ConvBackend for Flex {
@@ -142,8 +128,8 @@ mod flex {
                 && k == k2
                 && let Some(g) = ConvGeom::new(xd, co, k, stride, pad)
             {
-                let y = conv_kernels::conv_forward(slice(&xc), slice(&wc), &g);
-                return tensor(y, [g.b, g.co, g.ho, g.wo]);
+                let y = conv_kernels::conv_forward(values(&xc), values(&wc), &g);
+                return from_values(y, [g.b, g.co, g.ho, g.wo]);
             }
             Self::conv2d(x, weight, None, options(stride, pad))
         }
@@ -163,8 +149,8 @@ mod flex {
                 && let Some(g) = ConvGeom::new([b, ci, h, w], co, k, stride, pad)
                 && (g.ho, g.wo) == (ho, wo)
             {
-                let dx = conv_kernels::conv_input_grad(slice(&gc), slice(&wc), &g);
-                return tensor(dx, [b, ci, h, w]);
+                let dx = conv_kernels::conv_input_grad(values(&gc), values(&wc), &g);
+                return from_values(dx, [b, ci, h, w]);
             }
             burn_input_grad::<Self>(grad, weight, stride, pad, [h, w])
         }
@@ -183,8 +169,8 @@ mod flex {
                 && let Some(g) = ConvGeom::new(xd, co, k, stride, pad)
                 && gd == [g.b, co, g.ho, g.wo]
             {
-                let dw = conv_kernels::conv_weight_grad(slice(&xc), slice(&gc), &g);
-                return tensor(dw, [co, ci, k, k]);
+                let dw = conv_kernels::conv_weight_grad(values(&xc), values(&gc), &g);
+                return from_values(dw, [co, ci, k, k]);
             }
             Self::conv2d_weight_backward(x, weight, grad, options(stride, pad))
         }

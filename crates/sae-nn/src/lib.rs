@@ -37,6 +37,8 @@ pub mod crop;
 pub mod equal;
 pub mod fir;
 mod fir_op;
+#[cfg(feature = "flex")]
+mod flex_data;
 pub mod modulated;
 pub mod noise;
 pub mod params;

@@ -1,0 +1,29 @@
+//! Flex tensors as plain `f32` slices, for our kernels (`conv_op`, `act_op`).
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Shape, TensorData};
+
+/// `t` as a contiguous `f32` tensor (a copy only for a strided view); `None` for other dtypes,
+/// which take Burn's ops instead.
+pub(crate) fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let t = t.to_contiguous();
+    t.layout().contiguous_offsets().map(|_| t)
+}
+
+/// The elements of a tensor from [`contiguous_f32`] in row-major order (from its start offset:
+/// a contiguous view may begin inside a larger buffer).
+pub(crate) fn values(t: &FlexTensor) -> &[f32] {
+    let (a, b) = t
+        .layout()
+        .contiguous_offsets()
+        .expect("contiguous_f32 made it contiguous");
+    &t.storage::<f32>()[a..b]
+}
+
+/// A tensor that owns `values` (no copy).
+pub(crate) fn from_values(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
