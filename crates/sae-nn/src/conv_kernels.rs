@@ -167,7 +167,8 @@ fn with_tile<R>(
     })
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all strided, single-threaded.
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all strided; on rayon's pool when `parallel`, else on
+/// the calling thread.
 ///
 /// # Safety
 /// Every pointer must be valid for the strides and sizes given.
@@ -181,7 +182,13 @@ unsafe fn gemm(
     [lhs_rs, lhs_cs]: [isize; 2],
     rhs: *const f32,
     [rhs_rs, rhs_cs]: [isize; 2],
+    parallel: bool,
 ) {
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(
@@ -203,7 +210,7 @@ unsafe fn gemm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
@@ -362,6 +369,7 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
                 [kk as isize, 1],
                 rhs,
                 [rhs_rs as isize, 1],
+                false,
             )
         };
         with_tile(xb, g, (y0, y1), run);
@@ -412,6 +420,7 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
                         [plane_out as isize, 1],
                         rhs,
                         [1, rhs_cs as isize],
+                        false,
                     )
                 };
                 with_tile(xb, g, (y0, y1), run);
@@ -465,31 +474,45 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
     }
     let mut out = vec![0.0f32; g.b * plane_in];
     let r = g.rows_per_tile();
-    out.par_chunks_mut(plane_in)
-        .enumerate()
-        .for_each(|(b, xb)| {
-            for y0 in (0..g.ho).step_by(r) {
-                let y1 = (y0 + r).min(g.ho);
-                let t = (y1 - y0) * g.wo;
-                with_columns(kk * t, |col| {
-                    // SAFETY: col is [kk, t]; Wᵀ [kk, co] reads weight [co, kk] transposed; the
-                    // output-gradient tile is [co, t] with row stride plane_out.
-                    unsafe {
-                        gemm(
-                            [kk, t, g.co],
-                            col.as_mut_ptr(),
-                            [t as isize, 1],
-                            false,
-                            weight.as_ptr(),
-                            [1, kk as isize],
-                            grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
-                            [plane_out as isize, 1],
-                        )
-                    }
-                    col2im_add(col, g, y0, y1, xb);
-                });
+    // One image: dcol = Wᵀ · g_b[:, tile], then col2im into that image's gradient.
+    let image = |b: usize, xb: &mut [f32], col: &mut Vec<f32>, parallel: bool| {
+        for y0 in (0..g.ho).step_by(r) {
+            let y1 = (y0 + r).min(g.ho);
+            let t = (y1 - y0) * g.wo;
+            if col.len() < kk * t {
+                col.resize(kk * t, 0.0);
             }
-        });
+            // SAFETY: col holds [kk, t]; Wᵀ [kk, co] reads weight [co, kk] transposed; the
+            // output-gradient tile is [co, t] with row stride plane_out.
+            unsafe {
+                gemm(
+                    [kk, t, g.co],
+                    col.as_mut_ptr(),
+                    [t as isize, 1],
+                    false,
+                    weight.as_ptr(),
+                    [1, kk as isize],
+                    grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
+                    [plane_out as isize, 1],
+                    parallel,
+                )
+            }
+            col2im_add(&col[..kk * t], g, y0, y1, xb);
+        }
+    };
+    if g.b < rayon::current_num_threads() {
+        // Fewer images than threads (the generator's upsampling at batch 1): the images one
+        // after another, each GEMM on the whole pool. (No thread-local buffer here: a thread
+        // waiting in the GEMM may run other pool work.)
+        let mut col = Vec::new();
+        for (b, xb) in out.chunks_mut(plane_in).enumerate() {
+            image(b, xb, &mut col, true);
+        }
+    } else {
+        out.par_chunks_mut(plane_in)
+            .enumerate()
+            .for_each_init(Vec::new, |col, (b, xb)| image(b, xb, col, false));
+    }
     out
 }
 
