@@ -11,13 +11,14 @@
 //! Here every pass is one layout: the im2col tile is `[C·k·k, pixels]` (row-major, built from
 //! NCHW rows with contiguous copies), so
 //! - forward: `y_b[:, tile] = W[Co, Ci·k·k] · col[Ci·k·k, tile]` straight into the NCHW output;
-//! - weight gradient: `dW += g_b[:, tile] · colᵀ` (M = Co, N = Ci·k·k, K = pixels), summed per
-//!   thread and then over threads;
+//! - weight gradient: `dW += g_b[:, tile] · colᵀ` (M = Co, N = Ci·k·k, K = pixels), summed in
+//!   fixed chunks of tiles and then over the chunks in order (the same sums on every run);
 //! - input gradient: for stride 1 the forward pass with the flipped, transposed kernel; for
-//!   other strides `dcol = Wᵀ · g_b[:, tile]` and col2im.
+//!   other strides `dcol = Wᵀ · g_b[:, tile]` and col2im, one image per task.
 //!
-//! Tiles are whole output rows, sized to keep the column buffer in L2; the (image, tile) pairs
-//! run on rayon's pool (the pool Flex uses), each GEMM single-threaded.
+//! Tiles are whole output rows, sized to keep the column buffer in L2; the tasks run on rayon's
+//! pool (the pool Flex uses), each GEMM single-threaded, except a col2im input gradient of fewer
+//! images than threads, whose GEMMs use the whole pool instead.
 
 use rayon::prelude::*;
 

@@ -107,7 +107,24 @@ impl EqualConv2d {
     /// - `g`: `[batch, out_channels, h_out, w_out]`
     /// - `input_size`: the forward input's `[h, w]`
     /// - output: `[batch, in_channels, h, w]`
+    ///
+    /// # Panics
+    /// If `g` does not have `out_channels` channels, or its size is not what
+    /// [`EqualConv2d::forward`] gives for an input of `input_size`.
     pub fn input_vjp(&self, g: Tensor<4>, input_size: [usize; 2]) -> Tensor<4> {
+        let [out, _, k, _] = self.weight.dims();
+        check_channels("EqualConv2d::input_vjp", "g", &g.dims(), out);
+        let (s, p) = (self.stride, self.padding);
+        let forward_len = |len: usize| (len + 2 * p).checked_sub(k).map(|l| l / s + 1);
+        let [_, _, ho, wo] = g.dims();
+        assert!(
+            forward_len(input_size[0]) == Some(ho) && forward_len(input_size[1]) == Some(wo),
+            "EqualConv2d::input_vjp: g is {ho}x{wo}, but the forward pass of a {}x{} input gives {:?}x{:?}",
+            input_size[0],
+            input_size[1],
+            forward_len(input_size[0]),
+            forward_len(input_size[1]),
+        );
         conv2d_input_grad(
             g,
             self.scaled_weight(),

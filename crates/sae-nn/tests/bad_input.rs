@@ -326,3 +326,33 @@ fn params_load_reports_missing_mismatched_and_unexpected_keys() {
         }
     );
 }
+
+fn strided_conv() -> EqualConv2d {
+    EqualConv2dConfig::new(3, 4, 3)
+        .with_stride(2)
+        .with_padding(1)
+        .init(&dev())
+}
+
+#[test]
+fn equal_conv_input_vjp_gives_the_input_size_back() {
+    // The forward pass of a 9x8 input gives 5x4; its VJP gives 9x8 back.
+    let conv = strided_conv();
+    assert_eq!(conv.forward(zeros([2, 3, 9, 8])).dims(), [2, 4, 5, 4]);
+    assert_eq!(
+        conv.input_vjp(zeros([2, 4, 5, 4]), [9, 8]).dims(),
+        [2, 3, 9, 8]
+    );
+}
+
+#[test]
+#[should_panic(expected = "g is 5x5, but the forward pass of a 9x8 input gives Some(5)xSome(4)")]
+fn equal_conv_input_vjp_names_a_gradient_of_the_wrong_size() {
+    strided_conv().input_vjp(zeros([2, 4, 5, 5]), [9, 8]);
+}
+
+#[test]
+#[should_panic(expected = "EqualConv2d::input_vjp")]
+fn equal_conv_input_vjp_names_a_gradient_with_the_wrong_channels() {
+    strided_conv().input_vjp(zeros([2, 3, 5, 4]), [9, 8]);
+}
