@@ -18,7 +18,9 @@
 # a `tiny` swap and `quickstart` training steps at batch 2: what CI runs on Mesa's lavapipe (a CPU Vulkan driver) so that
 # this script keeps working between GPU sessions.
 #
-# Defaults: --features vulkan, --profile release, --device vulkan.
+# Defaults: --features vulkan, --profile release, --device vulkan. On a GPU, run it a second time
+# with --features vulkan,fusion,autotune (Burn's operation fusion and kernel autotuning, opt-in
+# in our crates) and compare the two tables (docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
