@@ -29,9 +29,7 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use sae::data::{
-    DatasetPcaOptions, SwapScore, SyntheticShapes, SyntheticStyle, dataset_pca, open_dataset,
-};
+use sae::data::{DatasetPcaOptions, SwapScore, dataset_pca, open_dataset};
 use sae::model::SwappingAutoencoder;
 use sae::model::image_io::{self, ImageTensor, RgbImage};
 use sae::model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
@@ -39,13 +37,10 @@ use sae::model::native::save_native;
 use sae::train::trainer::list_checkpoints;
 use sae::train::{TrainArgs, launch, stop_on_signals};
 
-const TRAIN_IMAGES: usize = 512;
-const SIZE: usize = 32;
-const TRAIN_SEED: u64 = 2020;
-/// The images of the grids and the scores: same generator, unseen structures and textures.
-const HELD_OUT_SEED: u64 = 7;
-/// Structures and textures of the scores (the grids show the first four of each).
-const SCORED: usize = 8;
+#[path = "common/quickstart_data.rs"]
+mod quickstart_data;
+use quickstart_data::{SCORED, SIZE, TRAIN_IMAGES, held_out, train_set};
+
 const DEFAULT_STEPS: u64 = 1500;
 const ZOOM: u32 = 4;
 
@@ -88,9 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::remove_dir_all(dir)?;
         }
     }
-    let train_set =
-        SyntheticShapes::new(TRAIN_IMAGES, SIZE, TRAIN_SEED)?.with_style(SyntheticStyle::Flat);
-    train_set.write_folder(&shapes)?;
+    train_set()?.write_folder(&shapes)?;
     println!("{TRAIN_IMAGES} generated images in {}", shapes.display());
 
     let device = Device::default();
@@ -129,8 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         |_, _| {},
     )?;
     pca.pca.save(&root.join("pca.safetensors"))?;
-    let held_out =
-        SyntheticShapes::new(2 * SCORED, SIZE, HELD_OUT_SEED)?.with_style(SyntheticStyle::Flat);
+    let held_out = held_out(2 * SCORED)?;
     let mut decoder = Decoder::new(&model, NoiseMode::Fixed(0));
     let swap = |decoder: &mut Decoder, s: usize, t: usize| {
         let (xs, xt) = (held_out.render(s), held_out.render(t));

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use burn::tensor::{Device, Tensor};
-use sae::data::{SwapScore, SyntheticShapes, SyntheticStyle};
+use sae::data::SwapScore;
 use sae::model::image_io::{self, ImageTensor, RgbImage};
 use sae::model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
 use sae::model::{
@@ -34,6 +34,10 @@ use sae::model::{
 };
 use sae::train::trainer::list_checkpoints;
 use sae::train::{TrainOptions, Trainer, stop_on_signals};
+
+#[path = "common/quickstart_data.rs"]
+mod quickstart_data;
+use quickstart_data::{SCORED, SIZE, TRAIN_IMAGES, held_out, train_set};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -49,7 +53,6 @@ fn var<T: FromStr>(key: &str, default: T) -> Result<T, Error> {
 }
 
 fn main() -> Result<(), Error> {
-    const SIZE: usize = 32;
     let tag: String = var("TAG", "run".to_string())?;
     if tag.is_empty()
         || !tag
@@ -65,10 +68,9 @@ fn main() -> Result<(), Error> {
     }
     // The quickstart's training images (same count, size, seed and style).
     let shapes = base.join("shapes");
-    if !shapes.join("000511.png").exists() {
-        SyntheticShapes::new(512, SIZE, 2020)?
-            .with_style(SyntheticStyle::Flat)
-            .write_folder(&shapes)?;
+    // (write_folder writes the images in order, so the last one marks a finished folder.)
+    if !shapes.join(format!("{:06}.png", TRAIN_IMAGES - 1)).exists() {
+        train_set()?.write_folder(&shapes)?;
     }
 
     let mut o =
@@ -115,7 +117,7 @@ fn main() -> Result<(), Error> {
     let steps: u64 = var("STEPS", 1500)?;
     let batch = o.batch_size as u64;
     o.schedule.total_images = steps.saturating_mul(batch);
-    o.schedule.log_every = 100 * batch;
+    o.schedule.log_every = batch.saturating_mul(100);
 
     let device = Device::default();
     let stop = stop_on_signals()?;
@@ -127,7 +129,7 @@ fn main() -> Result<(), Error> {
         .pop()
         .ok_or("training wrote no checkpoint")?;
     let (model, _) = SwappingAutoencoder::load(&checkpoint, &device)?;
-    let held_out = SyntheticShapes::new(32, SIZE, 7)?.with_style(SyntheticStyle::Flat);
+    let held_out = held_out(32)?;
     let tensor = |i: usize| -> Result<Tensor<4>, Error> {
         let img = ImageTensor::from_rgb8(&held_out.render(i));
         Ok(images_to_tensor(&[img], &device)?)
@@ -142,15 +144,16 @@ fn main() -> Result<(), Error> {
     let (mut all, mut rec, mut quick, mut copy) = Default::default();
     for s in 0..16 {
         for t in 16..32 {
-            let score = swap(s, t)?;
-            all += score;
+            all += swap(s, t)?;
             copy += held_out.score_swap(&held_out.render(s), s, t)?;
-            if s < 8 && t < 24 {
-                // The quickstart's 64 swaps: structures 0..8, textures 8..16 of this seed.
-                quick += swap(s, t - 8)?;
-            }
         }
         rec += swap(s, s)?;
+    }
+    // The quickstart's own 64 swaps.
+    for s in 0..SCORED {
+        for t in SCORED..2 * SCORED {
+            quick += swap(s, t)?;
+        }
     }
     let (all, rec, quick, copy): (SwapScore, SwapScore, SwapScore, SwapScore) =
         (all, rec, quick, copy);

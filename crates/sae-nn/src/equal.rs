@@ -117,14 +117,16 @@ impl EqualConv2d {
         let (s, p) = (self.stride, self.padding);
         let forward_len = |len: usize| (len + 2 * p).checked_sub(k).map(|l| l / s + 1);
         let [_, _, ho, wo] = g.dims();
-        assert!(
-            forward_len(input_size[0]) == Some(ho) && forward_len(input_size[1]) == Some(wo),
-            "EqualConv2d::input_vjp: g is {ho}x{wo}, but the forward pass of a {}x{} input gives {:?}x{:?}",
-            input_size[0],
-            input_size[1],
-            forward_len(input_size[0]),
-            forward_len(input_size[1]),
-        );
+        let [h, w] = input_size;
+        match forward_len(h).zip(forward_len(w)) {
+            Some(size) if size == (ho, wo) => {}
+            Some((fh, fw)) => panic!(
+                "EqualConv2d::input_vjp: g is {ho}x{wo}, but the forward pass of a {h}x{w} input gives {fh}x{fw}"
+            ),
+            None => panic!(
+                "EqualConv2d::input_vjp: a {h}x{w} input is smaller than the {k}x{k} kernel with padding {p}: the forward pass has no output"
+            ),
+        }
         conv2d_input_grad(
             g,
             self.scaled_weight(),

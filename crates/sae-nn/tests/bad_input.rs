@@ -346,7 +346,7 @@ fn equal_conv_input_vjp_gives_the_input_size_back() {
 }
 
 #[test]
-#[should_panic(expected = "g is 5x5, but the forward pass of a 9x8 input gives Some(5)xSome(4)")]
+#[should_panic(expected = "g is 5x5, but the forward pass of a 9x8 input gives 5x4")]
 fn equal_conv_input_vjp_names_a_gradient_of_the_wrong_size() {
     strided_conv().input_vjp(zeros([2, 4, 5, 5]), [9, 8]);
 }
@@ -355,4 +355,12 @@ fn equal_conv_input_vjp_names_a_gradient_of_the_wrong_size() {
 #[should_panic(expected = "EqualConv2d::input_vjp")]
 fn equal_conv_input_vjp_names_a_gradient_with_the_wrong_channels() {
     strided_conv().input_vjp(zeros([2, 3, 5, 4]), [9, 8]);
+}
+
+#[test]
+#[should_panic(expected = "a 1x8 input is smaller than the 3x3 kernel with padding 0")]
+fn equal_conv_input_vjp_names_an_input_smaller_than_the_kernel() {
+    EqualConv2dConfig::new(3, 4, 3)
+        .init(&dev())
+        .input_vjp(zeros([2, 4, 1, 6]), [1, 8]);
 }
