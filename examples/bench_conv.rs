@@ -2,7 +2,7 @@
 //! `sae-nn`'s kernels on Flex) at the small models' shapes: forward, and forward + backward to the
 //! input and the weight. Prints one table of medians and GFLOP/s (`docs/performance.md`).
 //!
-//! `cargo run --release --example bench_conv [-- REPEATS]`
+//! `cargo run --release --example bench_conv [-- REPEATS [CASE ...]]` (cases by row number, from 1)
 //!
 //! Both sides compute `conv2d(x, w)` with the same stride and padding and no bias (Burn's op is
 //! called on the layer's own scaled weight); the machines are shared, so read the ratio column
@@ -90,14 +90,23 @@ fn run(case: Case, repeats: usize) {
 }
 
 fn main() {
-    let repeats = match std::env::args().nth(1).map(|s| s.parse::<usize>()) {
+    let usage = || -> ! {
+        eprintln!("usage: bench_conv [REPEATS > 0 [CASE ...]] (CASE: a row number from 1)");
+        std::process::exit(2)
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let repeats = match args.first().map(|s| s.parse::<usize>()) {
         None => 5,
         Some(Ok(n)) if n > 0 => n,
-        _ => {
-            eprintln!("usage: bench_conv [REPEATS > 0]");
-            std::process::exit(2)
-        }
+        _ => usage(),
     };
+    let mut only = Vec::new();
+    for a in args.iter().skip(1) {
+        match a.parse::<usize>() {
+            Ok(i) if i >= 1 => only.push(i),
+            _ => usage(),
+        }
+    }
     println!(
         "device {:?}, {repeats} repeats, medians (GFLOP/s)\n",
         Device::default()
@@ -106,7 +115,7 @@ fn main() {
         "| conv (batch×in→out, size, kernel) | Flex fwd | ours fwd | ours / Flex | Flex fwd+bwd | ours fwd+bwd | ours / Flex |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let cases: [Case; 8] = [
+    let cases: [Case; 10] = [
         // cfg128's D and E widths, stride-1 3×3 ...
         (12, 32, 32, 128, 3, 1, 1),
         (12, 64, 64, 64, 3, 1, 1),
@@ -117,10 +126,20 @@ fn main() {
         // ... and the tiny / quickstart widths.
         (12, 16, 32, 64, 3, 1, 1),
         (24, 32, 32, 16, 3, 1, 1),
-        // church-256's 512-channel convs at batch 1 (inference).
+        // church-256's 512-channel convs at batch 1 (inference) ...
         (1, 512, 512, 16, 3, 1, 1),
+        // ... and the 512-channel convs of cfg128's D (at 32 px and 8 px), where a tile of
+        // one output row gave the GEMM only 32 or 8 columns per pass over a 9 MB weight.
+        (2, 512, 512, 32, 3, 1, 1),
+        (8, 512, 512, 8, 3, 1, 1),
     ];
-    for case in cases {
-        run(case, repeats);
+    if let Some(&i) = only.iter().find(|&&i| i > cases.len()) {
+        eprintln!("bench_conv: CASE {i}: there are {} cases", cases.len());
+        std::process::exit(2)
+    }
+    for (i, case) in cases.into_iter().enumerate() {
+        if only.is_empty() || only.contains(&(i + 1)) {
+            run(case, repeats);
+        }
     }
 }

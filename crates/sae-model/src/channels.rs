@@ -33,12 +33,14 @@ pub fn generator_head(i: usize, n: usize, nf0: usize, spatial_code_ch: usize) ->
     (w.max(spatial_code_ch as i64)) as usize
 }
 
-/// StyleGAN2 discriminator width at resolution `res` with `channel_multiplier`.
+/// StyleGAN2 discriminator width at resolution `res` with `channel_multiplier`
+/// (`stylegan2_layers.py::Discriminator`: 16 and 32 px are both `min(512, int(512·m))`, which
+/// is 512 for every official preset, m = 2, but not below m = 1).
 pub fn discriminator_ch(res: usize, multiplier: f64) -> usize {
     let m = multiplier;
     let v = match res {
-        4 | 8 | 32 => 512.0,
-        16 => (512.0 * m).min(512.0),
+        4 | 8 => 512.0,
+        16 | 32 => (512.0 * m).min(512.0),
         64 => 256.0 * m,
         128 => 128.0 * m,
         256 => 64.0 * m,
@@ -78,6 +80,22 @@ mod tests {
         assert_eq!(py_round(409.6), 410);
         assert_eq!(py_round(2.5), 2);
         assert_eq!(py_round(3.2), 3);
+    }
+
+    #[test]
+    fn discriminator_widths_follow_the_official_table() {
+        let widths = |m: f64| -> Vec<usize> {
+            [4, 8, 16, 32, 64, 128, 256]
+                .iter()
+                .map(|&r| discriminator_ch(r, m))
+                .collect()
+        };
+        // The official presets (netD_scale_capacity 1).
+        assert_eq!(widths(2.0), [512, 512, 512, 512, 512, 256, 128]);
+        // netD_scale_capacity 0.125 (the 128-px benchmark config): 16 and 32 px shrink too.
+        assert_eq!(widths(0.25), [512, 512, 128, 128, 64, 32, 16]);
+        // Truncation, as Python's int(): 512·0.3 = 153.6 → 153.
+        assert_eq!(discriminator_ch(32, 0.3), 153);
     }
 
     #[test]

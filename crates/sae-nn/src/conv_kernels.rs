@@ -16,11 +16,19 @@
 //! - input gradient: for stride 1 the forward pass with the flipped, transposed kernel; for
 //!   other strides `dcol = Wᵀ · g_b[:, tile]` and col2im, one image per task.
 //!
-//! Tiles are whole output rows, sized to keep the column buffer in L2; the tasks run on rayon's
-//! pool (the pool Flex uses), each GEMM single-threaded, except a col2im input gradient of fewer
-//! images than threads, whose GEMMs use the whole pool instead.
+//! Tiles are whole output rows, at least 256 pixels of them where the plane has them (each tile
+//! streams the whole weight matrix) and more while the column buffer stays in L2; the tasks run
+//! on rayon's pool (the pool Flex uses), each GEMM single-threaded, except where there are
+//! fewer tiles (forward) or images (col2im input gradient) than threads: then the tiles run one
+//! after another, each GEMM on the whole pool.
 
 use rayon::prelude::*;
+
+/// The fewest output pixels (GEMM columns) per tile where the plane has them. Every tile
+/// streams the whole weight matrix through the GEMM (9.4 MB at 512 channels, 3×3): with tiles
+/// of one output row, a 32-px plane gave 32 columns per pass and a 16-px plane 16, and those
+/// GEMMs ran at half the speed of wide ones (`bench_conv`, `docs/performance.md`).
+const MIN_TILE_PIXELS: usize = 256;
 
 /// A convolution's geometry: square kernel, equal stride and padding on both axes, no dilation,
 /// no groups (the only convolutions of the networks that are not FIR filters).
@@ -80,11 +88,13 @@ impl ConvGeom {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// Output rows per tile: the column tile stays within about 256 KiB (L2) but holds at least
-    /// one output row.
+    /// Output rows per tile: enough for [`MIN_TILE_PIXELS`] columns (or the whole plane),
+    /// more while the column tile stays within about 256 KiB (L2).
     fn rows_per_tile(&self) -> usize {
         const TILE_FLOATS: usize = 64 * 1024;
-        (TILE_FLOATS / (self.kk() * self.wo).max(1)).clamp(1, self.ho)
+        (TILE_FLOATS / (self.kk() * self.wo).max(1))
+            .max(MIN_TILE_PIXELS.div_ceil(self.wo))
+            .clamp(1, self.ho)
     }
 
     /// Every (image, first row, end row) the passes iterate over.
@@ -138,34 +148,38 @@ std::thread_local! {
     static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's column buffer, grown to at least `len` floats.
-fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    COLUMNS.with(|cell| {
-        let mut col = cell.borrow_mut();
-        if col.len() < len {
-            col.resize(len, 0.0);
-        }
-        f(&mut col[..len])
-    })
-}
-
 /// Runs `f(columns, row_stride)` on the column matrix `[kk, (y1 − y0)·wo]` of rows
 /// `[y0, y1)` of one image `xb`: the image itself for a pointwise convolution (its rows of
-/// pixels, stride `ho·wo`), else this thread's buffer filled by [`im2col`].
+/// pixels, stride `ho·wo`), else this thread's buffer filled by [`im2col`]. `f` must not run
+/// pool work (its GEMM runs on the calling thread).
 fn with_tile<R>(
     xb: &[f32],
     g: &ConvGeom,
+    rows: (usize, usize),
+    f: impl FnOnce(*const f32, usize) -> R,
+) -> R {
+    COLUMNS.with(|cell| with_tile_in(xb, g, rows, &mut cell.borrow_mut(), f))
+}
+
+/// [`with_tile`] with a buffer of the caller's instead of the thread's: for a caller whose
+/// GEMM runs on the whole pool (a thread waiting in it may run other pool work that takes the
+/// thread's buffer).
+fn with_tile_in<R>(
+    xb: &[f32],
+    g: &ConvGeom,
     (y0, y1): (usize, usize),
+    col: &mut Vec<f32>,
     f: impl FnOnce(*const f32, usize) -> R,
 ) -> R {
     if g.is_pointwise() {
         return f(xb[y0 * g.wo..].as_ptr(), g.ho * g.wo);
     }
     let t = (y1 - y0) * g.wo;
-    with_columns(g.kk() * t, |col| {
-        im2col(xb, g, y0, y1, col);
-        f(col.as_ptr(), t)
-    })
+    if col.len() < g.kk() * t {
+        col.resize(g.kk() * t, 0.0);
+    }
+    im2col(xb, g, y0, y1, &mut col[..g.kk() * t]);
+    f(col.as_ptr(), t)
 }
 
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all strided; on rayon's pool when `parallel`, else on
@@ -355,12 +369,11 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
     let mut out = vec![0.0f32; g.b * g.co * plane_out];
     let dst = SendPtr(out.as_mut_ptr());
     let tiles = g.tiles();
-    tiles.par_iter().for_each(|&(b, y0, y1)| {
+    // SAFETY (of `run`'s GEMM): the task of a tile alone writes columns [y0·wo, y1·wo) of
+    // image b's output rows; the sizes match the buffers (debug-asserted above).
+    let run = |(b, y0, y1): (usize, usize, usize), parallel: bool| {
         let t = (y1 - y0) * g.wo;
-        let xb = &x[b * plane_in..(b + 1) * plane_in];
-        // SAFETY: this task alone writes columns [y0·wo, y1·wo) of image b's output rows;
-        // the sizes match the buffers (debug-asserted above).
-        let run = |rhs: *const f32, rhs_rs: usize| unsafe {
+        move |rhs: *const f32, rhs_rs: usize| unsafe {
             gemm(
                 [g.co, t, kk],
                 dst.get().add(b * g.co * plane_out + y0 * g.wo),
@@ -370,11 +383,23 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
                 [kk as isize, 1],
                 rhs,
                 [rhs_rs as isize, 1],
-                false,
+                parallel,
             )
-        };
-        with_tile(xb, g, (y0, y1), run);
-    });
+        }
+    };
+    let image = |b: usize| &x[b * plane_in..(b + 1) * plane_in];
+    if tiles.len() < rayon::current_num_threads() {
+        // Fewer tiles than threads (a small plane at batch 1): the tiles one after another,
+        // each GEMM on the whole pool.
+        let mut col = Vec::new();
+        for &(b, y0, y1) in &tiles {
+            with_tile_in(image(b), g, (y0, y1), &mut col, run((b, y0, y1), true));
+        }
+    } else {
+        tiles.par_iter().for_each(|&(b, y0, y1)| {
+            with_tile(image(b), g, (y0, y1), run((b, y0, y1), false));
+        });
+    }
     out
 }
 
@@ -386,15 +411,8 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
     let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
     debug_assert_eq!(x.len(), g.b * plane_in);
     debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
-    // The pixels are this GEMM's inner dimension: at least 256 of them per call.
-    let rows = g.rows_per_tile().max(256usize.div_ceil(g.wo)).min(g.ho);
-    let tiles: Vec<(usize, usize, usize)> = (0..g.b)
-        .flat_map(|b| {
-            (0..g.ho)
-                .step_by(rows)
-                .map(move |y0| (b, y0, (y0 + rows).min(g.ho)))
-        })
-        .collect();
+    // The pixels are this GEMM's inner dimension (at least MIN_TILE_PIXELS per call).
+    let tiles = g.tiles();
     // Fixed chunks, each summed in order into its own buffer, then the buffers in order: the
     // same float sums on every run whatever the thread count or scheduling (a resumed run
     // must equal an uninterrupted one bit for bit). At most 16 chunks and 64 MiB of buffers.
