@@ -16,11 +16,11 @@
 //! - input gradient: for stride 1 the forward pass with the flipped, transposed kernel; for
 //!   other strides `dcol = Wᵀ · g_b[:, tile]` and col2im, one image per task.
 //!
-//! Tiles are whole output rows, at least 256 pixels of them where the plane has them (each tile
-//! streams the whole weight matrix) and more while the column buffer stays in L2; the tasks run
-//! on rayon's pool (the pool Flex uses), each GEMM single-threaded, except where there are
-//! fewer tiles (forward) or images (col2im input gradient) than threads: then the tiles run one
-//! after another, each GEMM on the whole pool.
+//! Tiles are whole output rows, at least 256 pixels of them where the plane has them (all but
+//! an image's last tile; each tile streams the whole weight matrix) and more while the column
+//! buffer stays in L2; the tasks run on rayon's pool (the pool Flex uses), each GEMM
+//! single-threaded, except where there are fewer tiles (forward) or images (col2im input
+//! gradient) than threads: then the tiles run one after another, each GEMM on the whole pool.
 
 use rayon::prelude::*;
 
@@ -88,8 +88,9 @@ impl ConvGeom {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// Output rows per tile: enough for [`MIN_TILE_PIXELS`] columns (or the whole plane),
-    /// more while the column tile stays within about 256 KiB (L2).
+    /// Output rows per tile: enough for [`MIN_TILE_PIXELS`] columns (or the whole plane; an
+    /// image's last tile may be shorter), more while the column tile stays within about
+    /// 256 KiB (L2).
     fn rows_per_tile(&self) -> usize {
         const TILE_FLOATS: usize = 64 * 1024;
         (TILE_FLOATS / (self.kk() * self.wo).max(1))
@@ -598,10 +599,35 @@ mod tests {
     /// Forward against the definition; the two gradients by the adjoint identities
     /// `<conv(x, w), g> = <x, dx(g, w)> = <w, dw(x, g)>` for every geometry the networks use
     /// (3×3 pad 1, strided 3×3 pad 0 after a blur, 1×1, stride-2 transposed shapes) and odd
-    /// sizes, with several tiles per image.
+    /// sizes, with several tiles per image and a shorter last one; on one thread and on more
+    /// threads than tiles, so that both forward paths (tiles in parallel, tiles one after
+    /// another with the GEMM on the pool) run on any machine.
     #[test]
     fn kernels_match_the_definition_and_are_adjoint() {
+        // The first three geometries below are there for their tiling.
+        let tiles = |shape, co, k, s, p| ConvGeom::new(shape, co, k, s, p).unwrap().tiles();
+        let rows = |t: Vec<(usize, usize, usize)>| -> Vec<usize> {
+            t.iter().filter(|t| t.0 == 0).map(|t| t.2 - t.1).collect()
+        };
+        assert_eq!(rows(tiles([2, 40, 40, 17], 4, 3, 1, 1)), [16, 16, 8]);
+        assert_eq!(rows(tiles([1, 256, 40, 17], 3, 1, 1, 0)), [16, 16, 8]);
+        assert_eq!(rows(tiles([1, 40, 81, 81], 3, 3, 2, 1)), [7, 7, 7, 7, 7, 6]);
+        for threads in [1, 64] {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(check_every_geometry);
+        }
+    }
+
+    fn check_every_geometry() {
         for &(shape, co, k, s, p) in &[
+            // Several tiles per image (MIN_TILE_PIXELS): 16, 16 and 8 rows; the same for a
+            // pointwise convolution; 7-row tiles and a last one of 6 through col2im.
+            ([2, 40, 40, 17], 4, 3, 1, 1),
+            ([1, 256, 40, 17], 3, 1, 1, 0),
+            ([1, 40, 81, 81], 3, 3, 2, 1),
             ([2, 3, 7, 5], 4, 3, 1, 1),
             ([3, 5, 9, 9], 2, 3, 2, 0),
             ([1, 4, 8, 6], 3, 1, 1, 0),
