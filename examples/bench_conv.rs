@@ -90,6 +90,7 @@ fn run(case: Case, repeats: usize) {
 }
 
 fn main() {
+    sae::model::device::keep_freed_memory();
     let usage = || -> ! {
         eprintln!("usage: bench_conv [REPEATS > 0 [CASE ...]] (CASE: a row number from 1)");
         std::process::exit(2)

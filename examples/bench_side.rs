@@ -171,6 +171,7 @@ fn matmul(n: usize, repeats: usize, device: &Device) -> String {
 }
 
 fn main() {
+    sae::model::device::keep_freed_memory();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let device = if args.first().map(String::as_str) == Some("--device") {
         let name = args.get(1).cloned().unwrap_or_default();

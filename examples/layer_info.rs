@@ -26,6 +26,7 @@ fn report<const D: usize>(name: &str, params: usize, run: impl FnOnce() -> Tenso
 }
 
 fn main() {
+    sae::model::device::keep_freed_memory();
     let d = Device::default();
     println!("backend: {d:?}\n");
     let style = Style::Global(randn([1, 2048], &d));

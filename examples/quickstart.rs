@@ -74,6 +74,7 @@ fn steps_arg() -> Result<u64, String> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    sae::model::device::keep_freed_memory();
     let steps = steps_arg()?;
     let root = Path::new("target/sae-quickstart");
     let shapes = root.join("shapes");

@@ -54,6 +54,7 @@ fn var<T: FromStr>(key: &str, default: T) -> Result<T, Error> {
 }
 
 fn main() -> Result<(), Error> {
+    sae::model::device::keep_freed_memory();
     let tag: String = var("TAG", "run".to_string())?;
     if tag.is_empty()
         || !tag

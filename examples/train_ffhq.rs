@@ -60,6 +60,7 @@ struct Args {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    sae::model::device::keep_freed_memory();
     let a = Args::parse();
     let preset = match (a.resolution.as_str(), a.small_structure) {
         ("512", false) => "ffhq512",

@@ -66,6 +66,7 @@ struct Args {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    sae::model::device::keep_freed_memory();
     let a = Args::parse();
     let preset = match a.category {
         Category::Church => "church256",

@@ -1044,6 +1044,7 @@ fn pca_command(
 }
 
 fn main() -> ExitCode {
+    sae_model::device::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

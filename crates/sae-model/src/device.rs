@@ -150,6 +150,31 @@ pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
     name.parse::<DeviceSpec>().map(DeviceSpec::device)
 }
 
+/// Tells the C allocator to keep freed memory for reuse instead of handing large blocks back to
+/// the kernel; call it once at the start of a program, before the first tensor. A no-op where
+/// the allocator is not glibc's.
+///
+/// Why: Flex allocates every op's output afresh. glibc serves blocks above its mmap threshold
+/// (dynamic, at most 32 MiB) with `mmap` and returns them with `munmap`, so every large tensor
+/// of a step costs page faults and kernel zeroing again; a church-256 swap has 33 MB
+/// activations. With the threshold and the trim threshold at 1 GiB the blocks are reused:
+/// the church-256 swap took 0.83–0.90× the time at batch 1 and 0.65–0.69× at batch 8, with
+/// peak RSS 1.00× and 1.19×; training steps did not change beyond the noise
+/// (`docs/performance.md`). The binaries and examples of this workspace call it; a
+/// library does not change its host's allocator unasked, so applications opt in here (or set
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824`).
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const GIB: libc::c_int = 1 << 30;
+        // SAFETY: mallopt only sets two allocator parameters; it is safe to call at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, GIB);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, GIB);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
