@@ -151,8 +151,8 @@ pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
 }
 
 /// Tells the C allocator to keep freed memory for reuse instead of handing large blocks back to
-/// the kernel; call it once at the start of a program, before the first tensor. A no-op where
-/// the allocator is not glibc's.
+/// the kernel; call it once at the start of a program, before the first tensor. Returns whether
+/// the allocator took both settings: `false` (and nothing changed) where it is not glibc's.
 ///
 /// Why: Flex allocates every op's output afresh. glibc serves blocks above its mmap threshold
 /// (dynamic, at most 32 MiB) with `mmap` and returns them with `munmap`, so every large tensor
@@ -163,21 +163,34 @@ pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
 /// (`docs/performance.md`). The binaries and examples of this workspace call it; a
 /// library does not change its host's allocator unasked, so applications opt in here (or set
 /// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824`).
-pub fn keep_freed_memory() {
+pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const GIB: libc::c_int = 1 << 30;
         // SAFETY: mallopt only sets two allocator parameters; it is safe to call at any time.
+        // It returns 1 when it took the value.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, GIB);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, GIB);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, GIB) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, GIB) == 1
         }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_freed_memory_applies_on_glibc_only() {
+        assert_eq!(
+            keep_freed_memory(),
+            cfg!(all(target_os = "linux", target_env = "gnu"))
+        );
+    }
 
     #[test]
     fn names_round_trip_and_bad_names_are_named() {
