@@ -11,7 +11,8 @@
 //! `STEPS` (1500), `BATCH` (8), `SEED` (0), `LR` (0.01), `B1` (0), `B2` (0.99), `L1` (λ_L1,
 //! 10), `GAN` (λ_GAN, 1), `PG` (λ_PatchGAN, 5), `R1` (λ_R1, 10), `PR1` (λ_patch_R1, 1),
 //! `SPD` (the encoder's structure downsamplings, 2: an 8×8 code), `GLD` (the texture
-//! branch's extra stride-2 convolutions, 2; 1 lets `SPD=3` run at 32 px), `NCROPS` (8), `PMIN`/`PMAX` (crop scales, 0.125/0.25), `SCH` (structure code channels, 2),
+//! branch's extra stride-2 convolutions, 2; 1 lets `SPD=3` run at 32 px), `NCROPS` (8),
+//! `PMIN`/`PMAX` (crop scales, 0.125/0.25), `SCH` (structure code channels, 2),
 //! `GL` (texture code length, 128), `ECAP`/`GCAP` (E and G capacity, 0.125/0.0625), `DW`
 //! (D and Dpatch block width, 32). One thread per run (`RAYON_NUM_THREADS=1`) lets two runs
 //! share a 2-core machine at about 1.3× the images per second of one 2-thread run.
