@@ -107,8 +107,10 @@ mod flex {
             if xs.is_empty() {
                 return from_values(Vec::new(), shape);
             }
-            let mut out = vec![0.0f32; xs.len()];
-            out.par_chunks_mut(per_task * plane)
+            // Written in place of zeroing first: every element is written once below.
+            let mut out = Vec::with_capacity(xs.len());
+            out.spare_capacity_mut()[..xs.len()]
+                .par_chunks_mut(per_task * plane)
                 .zip(xs.par_chunks(per_task * plane))
                 .enumerate()
                 .for_each(|(task, (out, xs))| {
@@ -117,10 +119,12 @@ mod flex {
                         for (o, x) in o.iter_mut().zip(x) {
                             // The composition's roundings: (v·0.2)·√2 below zero, v·√2 above.
                             let v = x + b;
-                            *o = if v < 0.0 { v * SLOPE * POS } else { v * POS };
+                            o.write(if v < 0.0 { v * SLOPE * POS } else { v * POS });
                         }
                     }
                 });
+            // SAFETY: the chunks cover all xs.len() elements, each written above.
+            unsafe { out.set_len(xs.len()) };
             from_values(out, shape)
         }
 
@@ -130,15 +134,21 @@ mod flex {
                 return default_lrelu_grad::<Flex>(y, g);
             };
             let (ys, gs) = (values(&yc), values(&gc));
-            let mut out = vec![0.0f32; gs.len()];
-            out.par_chunks_mut(CHUNK)
+            if ys.len() != gs.len() {
+                return default_lrelu_grad::<Flex>(y, g);
+            }
+            let mut out = Vec::with_capacity(gs.len());
+            out.spare_capacity_mut()[..gs.len()]
+                .par_chunks_mut(CHUNK)
                 .zip(ys.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
                 .for_each(|(out, (ys, gs))| {
                     for ((o, y), g) in out.iter_mut().zip(ys).zip(gs) {
                         let s = g * POS;
-                        *o = if *y > 0.0 { s } else { s * SLOPE };
+                        o.write(if *y > 0.0 { s } else { s * SLOPE });
                     }
                 });
+            // SAFETY: the chunks cover all gs.len() elements, each written above.
+            unsafe { out.set_len(gs.len()) };
             from_values(out, shape)
         }
 
@@ -257,6 +267,11 @@ mod tests {
     /// composition takes 1 there, so that case is checked against the formula instead.
     #[test]
     fn matches_the_composition_with_gradients() {
+        // Flex, where the kernels are (`Device::default()` is the GPU backend when one is
+        // compiled in, and runs the composition on both sides).
+        #[cfg(feature = "flex")]
+        let device = Device::flex().autodiff();
+        #[cfg(not(feature = "flex"))]
         let device = Device::default().autodiff();
         for shape in [
             vec![3, 5],

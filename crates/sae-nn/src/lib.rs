@@ -43,6 +43,7 @@ pub mod modulated;
 pub mod noise;
 pub mod params;
 pub mod resample;
+mod resample_op;
 pub mod shape;
 
 pub use act::{

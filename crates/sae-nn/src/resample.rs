@@ -3,29 +3,39 @@
 //!
 //! Burn's own bilinear `interpolate` has a backward only on Flex (it panics on ndarray, WGPU and
 //! CUDA) and cannot be differentiated twice, so it never appears in a training path. Instead:
-//! - the generator's ×2 skip upsampling is an edge pad plus a depthwise transposed convolution
-//!   with the `[1, 3, 3, 1]/4` kernel, which is exactly bilinear ×2 with `align_corners=False`;
+//! - the generator's ×2 skip upsampling is one backend operation (`resample_op`) whose
+//!   composition elsewhere is an edge pad plus a depthwise transposed convolution with the
+//!   `[1, 3, 3, 1]/4` kernel, exactly bilinear ×2 with `align_corners=False`;
 //! - an arbitrary bilinear resize is two matmuls with separable interpolation matrices;
 //! - nearest resizing is an index `select`.
 
-use burn::tensor::module::conv_transpose2d;
-use burn::tensor::ops::{ConvTransposeOptions, PadMode};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::shape::check_nonempty;
 
-/// Row-major `[out_len, in_len]` matrix of 1-D linear interpolation with `align_corners=False`,
-/// as PyTorch computes it: `src = (dst + 0.5)·in/out − 0.5`, clamped below at 0, the upper
-/// neighbour clamped to the last sample.
-pub fn bilinear_matrix(in_len: usize, out_len: usize) -> Vec<f32> {
+/// Per output sample of 1-D linear interpolation with `align_corners=False`, as PyTorch
+/// computes it: the two input samples and their weights `(i0, i1, 1 − l, l)`, from
+/// `src = (dst + 0.5)·in/out − 0.5` clamped below at 0, the upper neighbour clamped to the last
+/// sample.
+pub(crate) fn linear_taps(in_len: usize, out_len: usize) -> Vec<(usize, usize, f32, f32)> {
     let scale = in_len as f32 / out_len as f32;
+    (0..out_len)
+        .map(|dst| {
+            let src = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src as usize).min(in_len - 1);
+            let i1 = if i0 + 1 < in_len { i0 + 1 } else { i0 };
+            let l1 = src - i0 as f32;
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+/// Row-major `[out_len, in_len]` matrix of 1-D linear interpolation with `align_corners=False`
+/// (the weights of [`linear_taps`]).
+pub fn bilinear_matrix(in_len: usize, out_len: usize) -> Vec<f32> {
     let mut m = vec![0.0f32; out_len * in_len];
-    for dst in 0..out_len {
-        let src = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (src as usize).min(in_len - 1);
-        let i1 = if i0 + 1 < in_len { i0 + 1 } else { i0 };
-        let l1 = src - i0 as f32;
-        m[dst * in_len + i0] += 1.0 - l1;
+    for (dst, (i0, i1, l0, l1)) in linear_taps(in_len, out_len).into_iter().enumerate() {
+        m[dst * in_len + i0] += l0;
         m[dst * in_len + i1] += l1;
     }
     m
@@ -60,11 +70,12 @@ pub fn bilinear_resize(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
 }
 
 /// Bilinear ×2 upsampling with `align_corners=False` (the generator's skip path), differentiable
-/// on every backend.
+/// (once) on every backend.
 ///
-/// With edge replication, `y[2i] = ¼x[i−1] + ¾x[i]` and `y[2i+1] = ¾x[i] + ¼x[i+1]`: a transposed
-/// convolution (stride 2) of the edge-padded input with the separable kernel `[1, 3, 3, 1]/4`,
-/// cropped by 3 on each side.
+/// With edge replication, `y[2i] = ¼x[i−1] + ¾x[i]` and `y[2i+1] = ¾x[i] + ¼x[i+1]`. One backend
+/// operation (`resample_op`): on Flex a separable pass per plane forward and backward; elsewhere
+/// a transposed convolution (stride 2) of the edge-padded input with the separable kernel
+/// `[1, 3, 3, 1]/4`, cropped by 3.
 ///
 /// # Shapes
 /// - `x`: `[batch, channels, h, w]`; output: `[batch, channels, 2h, 2w]`
@@ -73,23 +84,7 @@ pub fn bilinear_resize(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
 /// If `x` has a zero-size dimension.
 pub fn bilinear_up2(x: Tensor<4>) -> Tensor<4> {
     check_nonempty("bilinear_up2", "x", &x.dims());
-    let [_, c, _, _] = x.dims();
-    let taps = [0.25f32, 0.75, 0.75, 0.25];
-    let mut k = Vec::with_capacity(16);
-    for a in taps {
-        for b in taps {
-            k.push(a * b);
-        }
-    }
-    let weight: Tensor<4> = Tensor::from_data(TensorData::new(k, [1, 1, 4, 4]), &x.device());
-    let weight = weight.expand([c, 1, 4, 4]);
-    let x = x.pad((1, 1, 1, 1), PadMode::Edge);
-    conv_transpose2d(
-        x,
-        weight,
-        None,
-        ConvTransposeOptions::new([2, 2], [3, 3], [0, 0], [1, 1], c),
-    )
+    crate::resample_op::bilinear_up2(x)
 }
 
 /// Nearest-neighbour source indices of PyTorch's `mode="nearest"`: `floor(dst · in/out)` in
