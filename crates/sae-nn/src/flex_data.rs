@@ -1,11 +1,12 @@
-//! Flex tensors as plain `f32` slices, for our kernels (`conv_op`, `act_op`).
+//! Flex tensors as plain `f32` slices, for our kernels (`conv_op`, `act_op`, `resample_op`, and
+//! `sae-train`'s Adam step). Not a public API.
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
 
 /// `t` as a contiguous `f32` tensor (a copy only for a strided view); `None` for other dtypes,
 /// which take Burn's ops instead.
-pub(crate) fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
+pub fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
     if t.dtype() != DType::F32 {
         return None;
     }
@@ -15,7 +16,7 @@ pub(crate) fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
 
 /// The elements of a tensor from [`contiguous_f32`] in row-major order (from its start offset:
 /// a contiguous view may begin inside a larger buffer).
-pub(crate) fn values(t: &FlexTensor) -> &[f32] {
+pub fn values(t: &FlexTensor) -> &[f32] {
     let (a, b) = t
         .layout()
         .contiguous_offsets()
@@ -24,6 +25,6 @@ pub(crate) fn values(t: &FlexTensor) -> &[f32] {
 }
 
 /// A tensor that owns `values` (no copy).
-pub(crate) fn from_values(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+pub fn from_values(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }

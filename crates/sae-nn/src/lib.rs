@@ -38,7 +38,8 @@ pub mod equal;
 pub mod fir;
 mod fir_op;
 #[cfg(feature = "flex")]
-mod flex_data;
+#[doc(hidden)]
+pub mod flex_data;
 pub mod modulated;
 pub mod noise;
 pub mod params;

@@ -17,6 +17,8 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
+use crate::adam_op::{AdamScalars, adam_step};
+
 /// Where [`Adam::update`] reads each parameter's gradient: the autodiff [`Gradients`] of one
 /// backward pass, or Burn's [`GradientsParams`] keyed by `ParamId` (the gradients of several
 /// data-parallel replicas, moved to one device and summed by Burn's `GradientsAccumulator`).
@@ -136,10 +138,20 @@ impl<G: GradientSource> ModuleMapper for StepMapper<'_, G> {
         let c = self.config;
         // torch: exp_avg.lerp_(g, 1 − β1); exp_avg_sq.mul_(β2).addcmul_(g, g, 1 − β2);
         // denom = sqrt(exp_avg_sq)/sqrt(bc2) + eps; p.addcdiv_(exp_avg, denom, −lr/bc1).
-        let m = m * c.beta1 + grad.clone() * (1.0 - c.beta1);
-        let v = v * c.beta2 + grad.clone() * grad * (1.0 - c.beta2);
-        let denom = v.clone().sqrt() / self.bias_correction2_sqrt + c.eps;
-        let p = p - m.clone() / denom * self.step_size;
+        // One operation (one pass on Flex); the order of the f32 operations is in `adam_op`.
+        let (p, m, v) = adam_step(
+            p,
+            grad,
+            m,
+            v,
+            AdamScalars {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                step_size: self.step_size,
+                bias_correction2_sqrt: self.bias_correction2_sqrt,
+            },
+        );
         self.state.insert(key, Moments { m, v });
         param.map(|_| {
             let p = Tensor::from_inner(p.reshape(dims)).require_grad();

@@ -75,6 +75,7 @@
 //! ```
 
 pub mod adam;
+mod adam_op;
 pub mod launch;
 pub mod losses;
 pub mod options;
