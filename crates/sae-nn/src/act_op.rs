@@ -79,13 +79,10 @@ pub trait ActBackend: Backend {
 mod flex {
     //! One pass each over contiguous `f32` data; anything else takes the trait's composition.
     use super::*;
-    use crate::flex_data::{contiguous_f32, from_values, values};
+    use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use rayon::prelude::*;
-
-    /// Elements per parallel task: below this a task is not worth a hand-off.
-    const CHUNK: usize = 16 * 1024;
 
     const POS: f32 = LRELU_GAIN as f32;
     const SLOPE: f32 = LRELU_SLOPE as f32;
@@ -185,10 +182,7 @@ mod flex {
     }
 }
 
-#[cfg(feature = "ndarray")]
-impl ActBackend for burn::backend::NdArray {}
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
-impl ActBackend for burn::backend::Cube {}
+crate::composition_on_other_backends!(ActBackend);
 
 impl<B: ActBackend, C: CheckpointStrategy> ActBackend for Autodiff<B, C> {
     fn sae_bias_lrelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -177,10 +177,7 @@ mod flex {
     }
 }
 
-#[cfg(feature = "ndarray")]
-impl ConvBackend for burn::backend::NdArray {}
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
-impl ConvBackend for burn::backend::Cube {}
+crate::composition_on_other_backends!(ConvBackend);
 
 impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
     fn sae_conv(

@@ -57,10 +57,7 @@ pub trait FirBackend: Backend {
 
 #[cfg(feature = "flex")]
 impl FirBackend for burn::backend::Flex {}
-#[cfg(feature = "ndarray")]
-impl FirBackend for burn::backend::NdArray {}
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
-impl FirBackend for burn::backend::Cube {}
+crate::composition_on_other_backends!(FirBackend);
 
 impl<B: FirBackend, C: CheckpointStrategy> FirBackend for Autodiff<B, C> {
     fn fir_depthwise(

@@ -28,3 +28,7 @@ pub fn values(t: &FlexTensor) -> &[f32] {
 pub fn from_values(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
+
+/// Elements per parallel task of our element-wise kernels: below this a task is not worth a
+/// hand-off to rayon.
+pub const CHUNK: usize = 16 * 1024;

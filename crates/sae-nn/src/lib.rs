@@ -27,6 +27,20 @@
 //! | `F.interpolate(bilinear, align_corners=False)`, nearest | [`resample`] |
 //! | `util.apply_random_crop` | [`crop::PatchSampler`] |
 
+/// The default methods of one of our backend-extension traits (each a composition of Burn's
+/// ops) on the backends that have no kernels of ours: ndarray and the CubeCL GPU backends. For
+/// the `*_op` modules here and in `sae-train`; the invoking crate needs the same feature names.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! composition_on_other_backends {
+    ($trait:ident) => {
+        #[cfg(feature = "ndarray")]
+        impl $trait for burn::backend::NdArray {}
+        #[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+        impl $trait for burn::backend::Cube {}
+    };
+}
+
 pub mod act;
 mod act_op;
 pub mod conv;

@@ -107,16 +107,13 @@ mod flex {
     //! One separable pass per plane over contiguous `f32` data; anything else takes the
     //! trait's composition.
     use super::*;
-    use crate::flex_data::{contiguous_f32, from_values, values};
+    use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use rayon::prelude::*;
 
-    /// Output elements per parallel task, at least one plane: below this a task is not worth a
-    /// hand-off.
-    const CHUNK: usize = 16 * 1024;
-
-    /// Planes per task for output planes of `len` elements.
+    /// Planes per task for output planes of `len` elements: about [`CHUNK`] outputs, at least
+    /// one plane.
     fn planes_per_task(len: usize) -> usize {
         CHUNK.div_ceil(len.max(1)).max(1)
     }
@@ -202,10 +199,7 @@ mod flex {
     }
 }
 
-#[cfg(feature = "ndarray")]
-impl ResampleBackend for burn::backend::NdArray {}
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
-impl ResampleBackend for burn::backend::Cube {}
+crate::composition_on_other_backends!(ResampleBackend);
 
 impl<B: ResampleBackend, C: CheckpointStrategy> ResampleBackend for Autodiff<B, C> {
     fn sae_bilinear_up2(x: FloatTensor<Self>) -> FloatTensor<Self> {

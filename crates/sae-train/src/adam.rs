@@ -4,7 +4,8 @@
 //!
 //! Burn's own Adam differs in the default `eps` (1e-5) and keys its state by `ParamId`, which a
 //! model rebuilt from a checkpoint does not keep; owning the ~40 lines also pins the exact
-//! order of floating-point operations to PyTorch's, which the one-step parity test checks.
+//! order of floating-point operations to PyTorch's, which the one-step parity test checks. The
+//! step itself is one backend operation (`adam_op`): one pass per parameter on Flex.
 //!
 //! As with the PyTorch 1.x the official code ran on (`zero_grad()` zeroes the gradients rather
 //! than dropping them), every parameter of an optimizer takes every step: a parameter without a

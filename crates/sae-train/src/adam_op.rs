@@ -27,6 +27,19 @@ pub(crate) struct AdamScalars {
     pub bias_correction2_sqrt: f64,
 }
 
+impl AdamScalars {
+    /// The scalars in the order the backend operation takes them.
+    fn new(beta1: f64, beta2: f64, eps: f64, step_size: f64, bias_correction2_sqrt: f64) -> Self {
+        Self {
+            beta1,
+            beta2,
+            eps,
+            step_size,
+            bias_correction2_sqrt,
+        }
+    }
+}
+
 /// The composition of Burn ops that [`AdamBackend::sae_adam_step`] replaces (and the order of
 /// the floating-point operations both follow): `m' = m·β1 + g·(1 − β1)`,
 /// `v' = v·β2 + (g·g)·(1 − β2)`, `p' = p − (m' / (√v' / √bc2 + eps))·step_size`.
@@ -77,13 +90,7 @@ pub trait AdamBackend: Backend {
         step_size: f64,
         bias_correction2_sqrt: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let s = AdamScalars {
-            beta1,
-            beta2,
-            eps,
-            step_size,
-            bias_correction2_sqrt,
-        };
+        let s = AdamScalars::new(beta1, beta2, eps, step_size, bias_correction2_sqrt);
         default_step::<Self>(p, g, m, v, s)
     }
 }
@@ -95,10 +102,7 @@ mod flex {
     use burn::backend::flex::FlexTensor;
     use burn::backend::{Flex, TensorMetadata};
     use rayon::prelude::*;
-    use sae_nn::flex_data::{contiguous_f32, from_values, values};
-
-    /// Elements per parallel task.
-    const CHUNK: usize = 64 * 1024;
+    use sae_nn::flex_data::{CHUNK, contiguous_f32, from_values, values};
 
     impl AdamBackend for Flex {
         fn sae_adam_step(
@@ -112,13 +116,7 @@ mod flex {
             step_size: f64,
             bias_correction2_sqrt: f64,
         ) -> (FlexTensor, FlexTensor, FlexTensor) {
-            let s = AdamScalars {
-                beta1,
-                beta2,
-                eps,
-                step_size,
-                bias_correction2_sqrt,
-            };
+            let s = AdamScalars::new(beta1, beta2, eps, step_size, bias_correction2_sqrt);
             let shape = p.shape();
             let n = shape.num_elements();
             let all = [&p, &g, &m, &v].map(|t| contiguous_f32(t).filter(|c| values(c).len() == n));
@@ -171,10 +169,7 @@ mod flex {
     }
 }
 
-#[cfg(feature = "ndarray")]
-impl AdamBackend for burn::backend::NdArray {}
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
-impl AdamBackend for burn::backend::Cube {}
+sae_nn::composition_on_other_backends!(AdamBackend);
 impl<B: AdamBackend, C: CheckpointStrategy> AdamBackend for Autodiff<B, C> {}
 
 /// One Adam step of a flattened parameter: `(p', m', v')`. All four tensors are `[n]` on one
