@@ -6,7 +6,7 @@
 //!    colours for sky, ground and shape), drawn independently.
 //! 2. Trains the `quickstart` preset (the official losses, exact R1 and optimizers; the tiny
 //!    networks at 32 px with a 2-channel structure code and reweighted losses, see
-//!    `sae::train::options`) for `--steps` optimizer calls (default 1500, about four minutes
+//!    `sae::train::options`) for `--steps` optimizer calls (default 1500, three to four minutes
 //!    on two cores) into `target/sae-quickstart/run/` (options.json, stats.jsonl, snapshots/,
 //!    checkpoints/).
 //! 3. Swaps and interpolates images the model never saw (another seed of the same generator)
