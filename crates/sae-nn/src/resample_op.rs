@@ -26,7 +26,7 @@ use burn::backend::{
 use burn::tensor::ops::ConvTransposeOptions;
 use burn::tensor::{Shape, Slice, Tensor, TensorData};
 
-use crate::resample::{bilinear_matrix, linear_taps};
+use crate::resample::bilinear_matrix;
 
 /// `x` with its first and last rows (`dim` 2) or columns (`dim` 3) repeated once more.
 fn edge_pad<B: Backend>(x: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
@@ -108,6 +108,7 @@ mod flex {
     //! trait's composition.
     use super::*;
     use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
+    use crate::resample::linear_taps;
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use rayon::prelude::*;
@@ -240,7 +241,8 @@ pub(crate) fn bilinear_up2(x: Tensor<4>) -> Tensor<4> {
     ))
 }
 
-#[cfg(test)]
+// The test needs a CPU backend that runs each path: Flex its kernels, ndarray the compositions.
+#[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
 mod tests {
     use super::*;
     use burn::tensor::Device;
