@@ -159,8 +159,9 @@ pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
 /// of a step costs page faults and kernel zeroing again; a church-256 swap has 33 MB
 /// activations. With the threshold and the trim threshold at 1 GiB the blocks are reused:
 /// the church-256 swap took 0.83–0.90× the time at batch 1 and 0.65–0.69× at batch 8, with
-/// peak RSS 1.00× and 1.19×; training steps did not change beyond the noise
-/// (`docs/performance.md`). The binaries and examples of this workspace call it; a
+/// peak RSS 1.00× and 1.19×; training steps at 128 px did not change beyond the noise, and
+/// church-256 training took about 45 s per schedule where a run without it took 58.6 s
+/// (`docs/performance.md`, fourth round). The binaries and examples of this workspace call it; a
 /// library does not change its host's allocator unasked, so applications opt in here (or set
 /// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824`).
 pub fn keep_freed_memory() -> bool {

@@ -5,8 +5,9 @@
 //! [`crate::bilinear_up2`]), which Flex runs at about 6 ns per output element: 50 ms for one
 //! 128-channel 256-px skip path of the church-256 generator, about 3 % of a swap
 //! (`docs/performance.md`). On Flex the forward pass and its adjoint are each one separable pass
-//! per plane here; other backends run the same composition of Burn ops as before forward, and
-//! the transposed interpolation matrices (`Aₕᵀ · g · A_w`) backward.
+//! per plane here; other backends run the same composition of Burn ops as before, forward and
+//! backward (the backward as Burn's autodiff derived it: a strided depthwise convolution and the
+//! edge pad's adjoint).
 //!
 //! The Flex forward pass computes PyTorch's expression, `a₀·(b₀·x₀₀ + b₁·x₀₁) + a₁·(b₀·x₁₀ +
 //! b₁·x₁₁)` with PyTorch's weights (the rows' outer, the columns' inner), from the same taps as
@@ -23,28 +24,43 @@ use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::{
     Autodiff, Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor,
 };
-use burn::tensor::ops::ConvTransposeOptions;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Shape, Slice, Tensor, TensorData};
 
-use crate::resample::bilinear_matrix;
+/// Rows (`dim` 2) or columns (`dim` 3) `range` of a 4-D tensor.
+fn narrow<B: Backend>(
+    t: &FloatTensor<B>,
+    dim: usize,
+    range: std::ops::Range<usize>,
+) -> FloatTensor<B> {
+    let slices: Vec<Slice> = (0..4)
+        .map(|d| {
+            if d == dim {
+                Slice::from(range.clone())
+            } else {
+                Slice::from(..)
+            }
+        })
+        .collect();
+    B::float_slice(t.clone(), &slices)
+}
 
 /// `x` with its first and last rows (`dim` 2) or columns (`dim` 3) repeated once more.
 fn edge_pad<B: Backend>(x: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
     let n = x.shape()[dim];
-    let pick = |range: std::ops::Range<usize>| {
-        let slices: Vec<Slice> = (0..4)
-            .map(|d| {
-                if d == dim {
-                    Slice::from(range.clone())
-                } else {
-                    Slice::from(..)
-                }
-            })
-            .collect();
-        B::float_slice(x.clone(), &slices)
-    };
-    let (first, last) = (pick(0..1), pick(n - 1..n));
+    let (first, last) = (narrow::<B>(&x, dim, 0..1), narrow::<B>(&x, dim, n - 1..n));
     B::float_cat(vec![first, x, last], dim)
+}
+
+/// The composition's depthwise `[1, 3, 3, 1]/4` kernel for `c` channels.
+fn up2_kernel<B: Backend>(c: usize, device: &B::Device) -> FloatTensor<B> {
+    let taps = [0.25f32, 0.75, 0.75, 0.25];
+    let k: Vec<f32> = taps
+        .iter()
+        .flat_map(|a| taps.iter().map(move |b| a * b))
+        .collect();
+    let weight = B::float_from_data(TensorData::new(k, [1, 1, 4, 4]), device);
+    B::float_expand(weight, Shape::from(vec![c, 1, 4, 4]))
 }
 
 /// The composition of Burn ops that [`ResampleBackend::sae_bilinear_up2`] replaces: an edge pad
@@ -52,14 +68,7 @@ fn edge_pad<B: Backend>(x: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
 /// cropped by 3 (`y[2i] = ¼x[i−1] + ¾x[i]`, `y[2i+1] = ¾x[i] + ¼x[i+1]`).
 fn default_up2<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let c = x.shape()[1];
-    let device = x.device();
-    let taps = [0.25f32, 0.75, 0.75, 0.25];
-    let k: Vec<f32> = taps
-        .iter()
-        .flat_map(|a| taps.iter().map(move |b| a * b))
-        .collect();
-    let weight = B::float_from_data(TensorData::new(k, [1, 1, 4, 4]), &device);
-    let weight = B::float_expand(weight, Shape::from(vec![c, 1, 4, 4]));
+    let weight = up2_kernel::<B>(c, &x.device());
     let x = edge_pad::<B>(edge_pad::<B>(x, 2), 3);
     B::conv_transpose2d(
         x,
@@ -69,18 +78,29 @@ fn default_up2<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     )
 }
 
-/// [`ResampleBackend::sae_bilinear_up2_adjoint`] from Burn ops: `Aₕᵀ · g · A_w` with the
-/// interpolation matrices of [`bilinear_matrix`].
+/// The adjoint of [`edge_pad`]: the two outer rows (or columns) added onto the edges.
+fn edge_pad_adjoint<B: Backend>(g: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
+    let n = g.shape()[dim] - 2;
+    let pick = |range| narrow::<B>(&g, dim, range);
+    if n == 1 {
+        return B::float_add(B::float_add(pick(0..1), pick(1..2)), pick(2..3));
+    }
+    let first = B::float_add(pick(0..1), pick(1..2));
+    let last = B::float_add(pick(n..n + 1), pick(n + 1..n + 2));
+    if n == 2 {
+        return B::float_cat(vec![first, last], dim);
+    }
+    B::float_cat(vec![first, pick(2..n), last], dim)
+}
+
+/// [`ResampleBackend::sae_bilinear_up2_adjoint`] from Burn ops: the adjoint of the composition,
+/// i.e. the stride-2 depthwise convolution with the same kernel (the transposed convolution's
+/// adjoint), then the edge pad's adjoint; the backward Burn's autodiff derived before.
 fn default_up2_adjoint<B: Backend>(g: FloatTensor<B>) -> FloatTensor<B> {
-    let [_, _, h2, w2] = g.shape().dims();
-    let (h, w) = (h2 / 2, w2 / 2);
-    let device = g.device();
-    let matrix = |values: Vec<f32>, rows: usize, cols: usize| {
-        B::float_from_data(TensorData::new(values, [1, 1, rows, cols]), &device)
-    };
-    let a_w = matrix(bilinear_matrix(w, w2), w2, w);
-    let a_h_t = B::float_swap_dims(matrix(bilinear_matrix(h, h2), h2, h), 2, 3);
-    B::float_matmul(a_h_t, B::float_matmul(g, a_w))
+    let c = g.shape()[1];
+    let weight = up2_kernel::<B>(c, &g.device());
+    let g = B::conv2d(g, weight, None, ConvOptions::new([2, 2], [3, 3], [1, 1], c));
+    edge_pad_adjoint::<B>(edge_pad_adjoint::<B>(g, 3), 2)
 }
 
 /// Backend operations: bilinear ×2 upsampling and its adjoint.
@@ -245,6 +265,7 @@ pub(crate) fn bilinear_up2(x: Tensor<4>) -> Tensor<4> {
 #[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
 mod tests {
     use super::*;
+    use crate::resample::bilinear_matrix;
     use burn::tensor::Device;
     use burn::tensor::module::conv_transpose2d;
     use burn::tensor::ops::PadMode;
@@ -281,7 +302,7 @@ mod tests {
     /// Values against `A_h · x · A_wᵀ` in f64 (PyTorch's definition, edges included), and
     /// values and input gradients against the composition it replaced, on every CPU backend
     /// compiled in (Flex runs its own kernels, ndarray the trait's compositions), at sizes with
-    /// one-sample edges and odd sides.
+    /// sides of 1 and 2 (the edge pad's special cases) and odd sides.
     #[test]
     fn matches_the_definition_and_the_composition() {
         // Explicit devices: `Device::default()` is the GPU backend when one is compiled in.
@@ -292,7 +313,13 @@ mod tests {
         devices.push(Device::ndarray());
         for base in devices {
             let device = base.clone().autodiff();
-            for [b, c, h, w] in [[2, 3, 5, 7], [1, 2, 1, 1], [1, 1, 1, 4], [2, 2, 16, 9]] {
+            for [b, c, h, w] in [
+                [2, 3, 5, 7],
+                [1, 2, 1, 1],
+                [1, 1, 1, 4],
+                [1, 2, 2, 3],
+                [2, 2, 16, 9],
+            ] {
                 let n = b * c * h * w;
                 let xv = lcg(n as u32, n);
                 let dyv = lcg(n as u32 + 1, 4 * n);
