@@ -20,7 +20,8 @@
 //! an image's last tile; each tile streams the whole weight matrix) and more while the column
 //! buffer stays in L2; the tasks run on rayon's pool (the pool Flex uses), each GEMM
 //! single-threaded, except where there are fewer tiles (forward) or images (col2im input
-//! gradient) than threads: then the tiles run one after another, each GEMM on the whole pool.
+//! gradient) than threads: then the tiles run one after another, each GEMM on the whole pool,
+//! and their im2col / col2im split by channel over the pool.
 
 use rayon::prelude::*;
 
@@ -159,17 +160,18 @@ fn with_tile<R>(
     rows: (usize, usize),
     f: impl FnOnce(*const f32, usize) -> R,
 ) -> R {
-    COLUMNS.with(|cell| with_tile_in(xb, g, rows, &mut cell.borrow_mut(), f))
+    COLUMNS.with(|cell| with_tile_in(xb, g, rows, &mut cell.borrow_mut(), false, f))
 }
 
 /// [`with_tile`] with a buffer of the caller's instead of the thread's: for a caller whose
 /// GEMM runs on the whole pool (a thread waiting in it may run other pool work that takes the
-/// thread's buffer).
+/// thread's buffer), which then also fills the columns on the pool (`parallel`).
 fn with_tile_in<R>(
     xb: &[f32],
     g: &ConvGeom,
     (y0, y1): (usize, usize),
     col: &mut Vec<f32>,
+    parallel: bool,
     f: impl FnOnce(*const f32, usize) -> R,
 ) -> R {
     if g.is_pointwise() {
@@ -179,7 +181,7 @@ fn with_tile_in<R>(
     if col.len() < g.kk() * t {
         col.resize(g.kk() * t, 0.0);
     }
-    im2col(xb, g, y0, y1, &mut col[..g.kk() * t]);
+    im2col(xb, g, y0, y1, &mut col[..g.kk() * t], parallel);
     f(col.as_ptr(), t)
 }
 
@@ -234,41 +236,58 @@ unsafe fn gemm(
 /// The column matrix of output rows `[y0, y1)` of one image `x [ci, h, w]`: row
 /// `(c·k + kh)·k + kw`, column `(oy − y0)·wo + ox`, holding `x[c, oy·s + kh − p, ox·s + kw − p]`
 /// (zero outside the image).
-fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
-    if g.stride == 1 && g.wo == g.w {
-        return im2col_same(x, g, y0, y1, col);
+///
+/// With `parallel`, the channels are split over rayon's pool (each writes its own `k·k` rows):
+/// for the tiles that run one after another with the GEMM on the whole pool, whose im2col
+/// would otherwise leave the other threads idle.
+fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32], parallel: bool) {
+    let rows = g.k * g.k * (y1 - y0) * g.wo;
+    let one = |(plane, col): (&[f32], &mut [f32])| {
+        if g.stride == 1 && g.wo == g.w {
+            im2col_same(plane, g, y0, y1, col)
+        } else {
+            im2col_plane(plane, g, y0, y1, col)
+        }
+    };
+    if parallel {
+        x.par_chunks(g.h * g.w)
+            .zip(col.par_chunks_mut(rows))
+            .for_each(one);
+    } else {
+        x.chunks(g.h * g.w).zip(col.chunks_mut(rows)).for_each(one);
     }
+}
+
+/// [`im2col`] of one channel: `plane [h, w]` into its `k·k` column rows.
+fn im2col_plane(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
     let (k, s, wo) = (g.k, g.stride, g.wo);
     let t = (y1 - y0) * wo;
-    for c in 0..g.ci {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for kh in 0..k {
-            let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
-            for kw in 0..k {
-                let (lo, hi) = g.valid_cols(kw);
-                let row = &mut col[((c * k + kh) * k + kw) * t..][..t];
-                for (r, oy) in (y0..y1).enumerate() {
-                    let dst = &mut row[r * wo..(r + 1) * wo];
-                    if oy < ylo || oy >= yhi {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[(oy * s + kh - g.pad) * g.w..][..g.w];
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    if lo == hi {
-                        // No output column of this tap reads the image (a kernel wider than
-                        // the padded row reaches past it).
-                        continue;
-                    }
-                    if s == 1 {
-                        let start = lo + kw - g.pad;
-                        dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
-                    } else {
-                        let taps = src[lo * s + kw - g.pad..].iter().step_by(s);
-                        for (d, v) in dst[lo..hi].iter_mut().zip(taps) {
-                            *d = *v;
-                        }
+    for kh in 0..k {
+        let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
+        for kw in 0..k {
+            let (lo, hi) = g.valid_cols(kw);
+            let row = &mut col[(kh * k + kw) * t..][..t];
+            for (r, oy) in (y0..y1).enumerate() {
+                let dst = &mut row[r * wo..(r + 1) * wo];
+                if oy < ylo || oy >= yhi {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &plane[(oy * s + kh - g.pad) * g.w..][..g.w];
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if lo == hi {
+                    // No output column of this tap reads the image (a kernel wider than
+                    // the padded row reaches past it).
+                    continue;
+                }
+                if s == 1 {
+                    let start = lo + kw - g.pad;
+                    dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                } else {
+                    let taps = src[lo * s + kw - g.pad..].iter().step_by(s);
+                    for (d, v) in dst[lo..hi].iter_mut().zip(taps) {
+                        *d = *v;
                     }
                 }
             }
@@ -281,77 +300,85 @@ fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
 /// copy of the plane shifted by `(kh − p)·w + (kw − p)`, after which the columns that wrapped
 /// around a row edge are zeroed. At the 4–32-px planes of the small models this replaces a
 /// copy per output row by one per tap.
-fn im2col_same(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
+fn im2col_same(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
     let (k, p, w) = (g.k, g.pad, g.w);
     let plane_len = g.h * w;
     let t = (y1 - y0) * w;
-    for c in 0..g.ci {
-        let plane = &x[c * plane_len..(c + 1) * plane_len];
-        for kh in 0..k {
-            let (ylo, yhi) = valid_range(g.h, g.ho, 1, p, kh);
-            let (a, b) = (ylo.clamp(y0, y1), yhi.clamp(y0, y1).max(ylo.clamp(y0, y1)));
-            for kw in 0..k {
-                let row = &mut col[((c * k + kh) * k + kw) * t..][..t];
-                // Rows above and below the image.
-                row[..(a - y0) * w].fill(0.0);
-                row[(b - y0) * w..].fill(0.0);
-                if a == b {
-                    continue;
-                }
-                // Output (oy, ox) reads plane[(oy + kh − p)·w + ox + kw − p]: one shifted span,
-                // clipped to the plane at its two ends (those elements are wrapped columns).
-                let (d0, d1) = ((a - y0) * w, (b - y0) * w);
-                let shift = ((a + kh - p) * w) as isize + kw as isize - p as isize;
-                // (Both clips matter only for planes narrower than the padding.)
-                let skip = ((-shift).max(0) as usize).min(d1 - d0);
-                let src0 = (shift.max(0) as usize).min(plane_len);
-                let n = (d1 - d0 - skip).min(plane_len - src0);
-                row[d0..d0 + skip].fill(0.0);
-                row[d0 + skip..d0 + skip + n].copy_from_slice(&plane[src0..src0 + n]);
-                row[d0 + skip + n..d1].fill(0.0);
-                // Columns whose source wrapped into the neighbouring row.
-                let (lo, hi) = g.valid_cols(kw);
-                if (lo, hi) == (0, w) {
-                    continue;
-                }
-                for r in (a - y0)..(b - y0) {
-                    row[r * w..r * w + lo].fill(0.0);
-                    row[r * w + hi..(r + 1) * w].fill(0.0);
-                }
+    for kh in 0..k {
+        let (ylo, yhi) = valid_range(g.h, g.ho, 1, p, kh);
+        let (a, b) = (ylo.clamp(y0, y1), yhi.clamp(y0, y1).max(ylo.clamp(y0, y1)));
+        for kw in 0..k {
+            let row = &mut col[(kh * k + kw) * t..][..t];
+            // Rows above and below the image.
+            row[..(a - y0) * w].fill(0.0);
+            row[(b - y0) * w..].fill(0.0);
+            if a == b {
+                continue;
+            }
+            // Output (oy, ox) reads plane[(oy + kh − p)·w + ox + kw − p]: one shifted span,
+            // clipped to the plane at its two ends (those elements are wrapped columns).
+            let (d0, d1) = ((a - y0) * w, (b - y0) * w);
+            let shift = ((a + kh - p) * w) as isize + kw as isize - p as isize;
+            // (Both clips matter only for planes narrower than the padding.)
+            let skip = ((-shift).max(0) as usize).min(d1 - d0);
+            let src0 = (shift.max(0) as usize).min(plane_len);
+            let n = (d1 - d0 - skip).min(plane_len - src0);
+            row[d0..d0 + skip].fill(0.0);
+            row[d0 + skip..d0 + skip + n].copy_from_slice(&plane[src0..src0 + n]);
+            row[d0 + skip + n..d1].fill(0.0);
+            // Columns whose source wrapped into the neighbouring row.
+            let (lo, hi) = g.valid_cols(kw);
+            if (lo, hi) == (0, w) {
+                continue;
+            }
+            for r in (a - y0)..(b - y0) {
+                row[r * w..r * w + lo].fill(0.0);
+                row[r * w + hi..(r + 1) * w].fill(0.0);
             }
         }
     }
 }
 
-/// The adjoint of [`im2col`]: adds the column matrix of rows `[y0, y1)` into `x [ci, h, w]`.
-fn col2im_add(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, x: &mut [f32]) {
+/// The adjoint of [`im2col`]: adds the column matrix of rows `[y0, y1)` into `x [ci, h, w]`;
+/// with `parallel`, the channels split over rayon's pool as in [`im2col`].
+fn col2im_add(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, x: &mut [f32], parallel: bool) {
+    let rows = g.k * g.k * (y1 - y0) * g.wo;
+    let one = |(plane, col): (&mut [f32], &[f32])| col2im_add_plane(col, g, y0, y1, plane);
+    if parallel {
+        x.par_chunks_mut(g.h * g.w)
+            .zip(col.par_chunks(rows))
+            .for_each(one);
+    } else {
+        x.chunks_mut(g.h * g.w).zip(col.chunks(rows)).for_each(one);
+    }
+}
+
+/// [`col2im_add`] of one channel: its `k·k` column rows into `plane [h, w]`.
+fn col2im_add_plane(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, plane: &mut [f32]) {
     let (k, s, wo) = (g.k, g.stride, g.wo);
     let t = (y1 - y0) * wo;
-    for c in 0..g.ci {
-        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for kh in 0..k {
-            let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
-            for kw in 0..k {
-                let (lo, hi) = g.valid_cols(kw);
-                if lo == hi {
-                    continue;
-                }
-                let row = &col[((c * k + kh) * k + kw) * t..][..t];
-                for (r, oy) in (y0..y1)
-                    .enumerate()
-                    .filter(|(_, oy)| *oy >= ylo && *oy < yhi)
-                {
-                    let src = &row[r * wo..(r + 1) * wo];
-                    let dst = &mut plane[(oy * s + kh - g.pad) * g.w..][..g.w];
-                    if s == 1 {
-                        let start = lo + kw - g.pad;
-                        for (d, v) in dst[start..start + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                            *d += v;
-                        }
-                    } else {
-                        for (ox, v) in src[lo..hi].iter().enumerate() {
-                            dst[(ox + lo) * s + kw - g.pad] += v;
-                        }
+    for kh in 0..k {
+        let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
+        for kw in 0..k {
+            let (lo, hi) = g.valid_cols(kw);
+            if lo == hi {
+                continue;
+            }
+            let row = &col[(kh * k + kw) * t..][..t];
+            for (r, oy) in (y0..y1)
+                .enumerate()
+                .filter(|(_, oy)| *oy >= ylo && *oy < yhi)
+            {
+                let src = &row[r * wo..(r + 1) * wo];
+                let dst = &mut plane[(oy * s + kh - g.pad) * g.w..][..g.w];
+                if s == 1 {
+                    let start = lo + kw - g.pad;
+                    for (d, v) in dst[start..start + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                        *d += v;
+                    }
+                } else {
+                    for (ox, v) in src[lo..hi].iter().enumerate() {
+                        dst[(ox + lo) * s + kw - g.pad] += v;
                     }
                 }
             }
@@ -394,10 +421,17 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
     let image = |b: usize| &x[b * plane_in..(b + 1) * plane_in];
     if tiles.len() < rayon::current_num_threads() {
         // Fewer tiles than threads (a small plane at batch 1): the tiles one after another,
-        // each GEMM on the whole pool.
+        // each im2col and GEMM on the whole pool.
         let mut col = Vec::new();
         for &(b, y0, y1) in &tiles {
-            with_tile_in(image(b), g, (y0, y1), &mut col, run((b, y0, y1), true));
+            with_tile_in(
+                image(b),
+                g,
+                (y0, y1),
+                &mut col,
+                true,
+                run((b, y0, y1), true),
+            );
         }
     } else {
         tiles.par_iter().for_each(|&(b, y0, y1)| {
@@ -522,13 +556,13 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
                     parallel,
                 )
             }
-            col2im_add(&col[..kk * t], g, y0, y1, xb);
+            col2im_add(&col[..kk * t], g, y0, y1, xb, parallel);
         }
     };
     if g.b < rayon::current_num_threads() {
         // Fewer images than threads (the generator's upsampling at batch 1): the images one
-        // after another, each GEMM on the whole pool. (No thread-local buffer here: a thread
-        // waiting in the GEMM may run other pool work.)
+        // after another, each GEMM and col2im on the whole pool. (No thread-local buffer
+        // here: a thread waiting in the GEMM may run other pool work.)
         let mut col = Vec::new();
         for (b, xb) in out.chunks_mut(plane_in).enumerate() {
             image(b, xb, &mut col, true);
