@@ -242,19 +242,35 @@ unsafe fn gemm(
 /// would otherwise leave the other threads idle.
 fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32], parallel: bool) {
     let rows = g.k * g.k * (y1 - y0) * g.wo;
-    let one = |(plane, col): (&[f32], &mut [f32])| {
-        if g.stride == 1 && g.wo == g.w {
-            im2col_same(plane, g, y0, y1, col)
-        } else {
-            im2col_plane(plane, g, y0, y1, col)
-        }
-    };
-    if parallel {
-        x.par_chunks(g.h * g.w)
-            .zip(col.par_chunks_mut(rows))
-            .for_each(one);
+    let fill = if g.stride == 1 && g.wo == g.w {
+        im2col_same
     } else {
-        x.chunks(g.h * g.w).zip(col.chunks_mut(rows)).for_each(one);
+        im2col_plane
+    };
+    per_channel(col, rows, x, g.h * g.w, parallel, |col, plane| {
+        fill(plane, g, y0, y1, col)
+    });
+}
+
+/// `f(dst, src)` on each channel's pair of chunks (`dst_len` and `src_len` elements), on
+/// rayon's pool when `parallel`: the one loop of [`im2col`] and [`col2im_add`], whose channels
+/// write disjoint chunks.
+fn per_channel(
+    dst: &mut [f32],
+    dst_len: usize,
+    src: &[f32],
+    src_len: usize,
+    parallel: bool,
+    f: impl Fn(&mut [f32], &[f32]) + Sync + Send,
+) {
+    if parallel {
+        dst.par_chunks_mut(dst_len)
+            .zip(src.par_chunks(src_len))
+            .for_each(|(d, s)| f(d, s));
+    } else {
+        dst.chunks_mut(dst_len)
+            .zip(src.chunks(src_len))
+            .for_each(|(d, s)| f(d, s));
     }
 }
 
@@ -295,7 +311,7 @@ fn im2col_plane(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f3
     }
 }
 
-/// [`im2col`] for a stride-1 "same" convolution (`2·pad = k − 1`, so `wo = w`): the source
+/// [`im2col_plane`] for a stride-1 "same" convolution (`2·pad = k − 1`, so `wo = w`): the source
 /// and column rows share the row stride `w`, so each kernel tap's column row is one contiguous
 /// copy of the plane shifted by `(kh − p)·w + (kw − p)`, after which the columns that wrapped
 /// around a row edge are zeroed. At the 4–32-px planes of the small models this replaces a
@@ -343,14 +359,9 @@ fn im2col_same(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32
 /// with `parallel`, the channels split over rayon's pool as in [`im2col`].
 fn col2im_add(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, x: &mut [f32], parallel: bool) {
     let rows = g.k * g.k * (y1 - y0) * g.wo;
-    let one = |(plane, col): (&mut [f32], &[f32])| col2im_add_plane(col, g, y0, y1, plane);
-    if parallel {
-        x.par_chunks_mut(g.h * g.w)
-            .zip(col.par_chunks(rows))
-            .for_each(one);
-    } else {
-        x.chunks_mut(g.h * g.w).zip(col.chunks(rows)).for_each(one);
-    }
+    per_channel(x, g.h * g.w, col, rows, parallel, |plane, col| {
+        col2im_add_plane(col, g, y0, y1, plane)
+    });
 }
 
 /// [`col2im_add`] of one channel: its `k·k` column rows into `plane [h, w]`.
