@@ -6,7 +6,9 @@
 //!
 //! Both sides compute `conv2d(x, w)` with the same stride and padding and no bias (Burn's op is
 //! called on the layer's own scaled weight); the machines are shared, so read the ratio column
-//! of one run.
+//! of one run. Rows whose stride-1 3×3 convolution is large enough run ours as Winograd
+//! F(2×2, 3×3); `SAE_WINOGRAD=0` in the environment runs them as the direct GEMM, for a
+//! before / after of that path (`docs/performance.md`).
 
 use std::time::Instant;
 
@@ -116,7 +118,7 @@ fn main() {
         "| conv (batch×in→out, size, kernel) | Flex fwd | ours fwd | ours / Flex | Flex fwd+bwd | ours fwd+bwd | ours / Flex |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let cases: [Case; 10] = [
+    let cases: [Case; 13] = [
         // cfg128's D and E widths, stride-1 3×3 ...
         (12, 32, 32, 128, 3, 1, 1),
         (12, 64, 64, 64, 3, 1, 1),
@@ -133,6 +135,11 @@ fn main() {
         // one output row gave the GEMM only 32 or 8 columns per pass over a 9 MB weight.
         (2, 512, 512, 32, 3, 1, 1),
         (8, 512, 512, 8, 3, 1, 1),
+        // The church-256 generator's and encoder's large stride-1 3×3 layers at batch 1, which
+        // run as Winograd F(2×2, 3×3) (compare with `SAE_WINOGRAD=0` in the environment).
+        (1, 512, 512, 64, 3, 1, 1),
+        (1, 256, 256, 128, 3, 1, 1),
+        (1, 128, 128, 256, 3, 1, 1),
     ];
     if let Some(&i) = only.iter().find(|&&i| i > cases.len()) {
         eprintln!("bench_conv: CASE {i}: there are {} cases", cases.len());

@@ -22,6 +22,15 @@
 //! single-threaded, except where there are fewer tiles (forward) or images (col2im input
 //! gradient) than threads: then the tiles run one after another, each GEMM on the whole pool,
 //! and their im2col / col2im split by channel over the pool.
+//!
+//! Large stride-1 3×3 convolutions (forward, input gradient, weight gradient) and large
+//! transposed 3×3 stride-2 ones (the generator's upsampling) run as Winograd's minimal
+//! filtering algorithms instead: F(2×2, 3×3), 16 products per 2×2 output tile and channel pair
+//! where the direct GEMM does 36, and for the transposed convolution F(2, 2) on each output
+//! phase's two-tap axes, 25 products per 4×4 output pixels instead of 36. Their transforms
+//! have factors 0, ±1 and ½ only, so they differ from the direct path by f32 summation order
+//! (below 1e-6 of the output's largest value at full size in the tests below).
+//! `SAE_WINOGRAD=0` (or `off`) turns them off.
 
 use rayon::prelude::*;
 
@@ -397,6 +406,890 @@ fn col2im_add_plane(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, plane: &mut
     }
 }
 
+/// The fewest input and output channels for which a stride-1 3×3 convolution runs as
+/// [`conv_forward_winograd`]: below them its 16 GEMMs (`M = co`, `K = ci`) are too thin to
+/// outrun the direct GEMM (`K = 9·ci`).
+const WINOGRAD_MIN_CHANNELS: usize = 32;
+
+/// The least work for the Winograd path, as 2×2 output tiles (all images) times the smaller
+/// channel count: below it the fixed costs (the weight transform, 16 GEMM calls, passes over
+/// short tile rows) outweigh the products saved. Measured on two threads (`docs/performance.md`):
+/// 64 tiles × 512 channels (a 16-px plane at batch 1) ran 1.3–1.5× the direct time, 512 × 32
+/// 1.1–1.6×; from 256 × 512 (32 px) and 2048 × 32 the Winograd path was faster.
+const WINOGRAD_MIN_WORK: usize = 1 << 16;
+
+/// Whether [`conv_forward`] takes the Winograd path for this geometry.
+fn winograd_applies(g: &ConvGeom) -> bool {
+    let tiles = g.b * g.ho.div_ceil(2) * g.wo.div_ceil(2);
+    g.k == 3
+        && g.stride == 1
+        && g.pad <= 2
+        && g.ci.min(g.co) >= WINOGRAD_MIN_CHANNELS
+        && tiles >= 256
+        && tiles * g.ci.min(g.co) >= WINOGRAD_MIN_WORK
+}
+
+/// `U[ξ][o][c] = (G · w[o, c] · Gᵀ)[ξ]` of Winograd's F(2×2, 3×3), `ξ = 4·i + j`, with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]` (every factor a power of two: exact).
+fn winograd_weight(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
+    let n = co * ci;
+    let mut u = vec![0.0f32; 16 * n];
+    let dst = SendPtr(u.as_mut_ptr());
+    (0..co).into_par_iter().for_each(|o| {
+        for c in 0..ci {
+            let w = &weight[(o * ci + c) * 9..][..9];
+            // G · w: 4 rows of 3.
+            let mut gw = [[0.0f32; 3]; 4];
+            for j in 0..3 {
+                let (a, b, d) = (w[j], w[3 + j], w[6 + j]);
+                gw[0][j] = a;
+                gw[1][j] = 0.5 * (a + b + d);
+                gw[2][j] = 0.5 * (a - b + d);
+                gw[3][j] = d;
+            }
+            for (i, r) in gw.iter().enumerate() {
+                let row = [
+                    r[0],
+                    0.5 * (r[0] + r[1] + r[2]),
+                    0.5 * (r[0] - r[1] + r[2]),
+                    r[2],
+                ];
+                for (j, v) in row.into_iter().enumerate() {
+                    // SAFETY: task `o` alone writes the elements of output channel o.
+                    unsafe { *dst.get().add((4 * i + j) * n + o * ci + c) = v };
+                }
+            }
+        }
+    });
+    u
+}
+
+/// Where a Winograd block's tiles are: whole tile rows `[r0, r1)` of the batch (tile row `r` is
+/// image `r / th`, output rows `2·(r % th)` and the one below), `tw` tiles each, so tile
+/// `(r, tx)` is column `(r − r0)·tw + tx` of the block's matrices.
+#[derive(Clone, Copy)]
+struct WinoBlock {
+    r0: usize,
+    r1: usize,
+}
+
+impl WinoBlock {
+    fn tiles(&self, tw: usize) -> usize {
+        (self.r1 - self.r0) * tw
+    }
+}
+
+/// The Winograd F(2×2, 3×3) input transform of channel `c` over a block's tiles: writes
+/// `V[ξ]` of tile column `t` at `v[ξ·stride + t]`, `V = Bᵀ · d · B` of the tile's 4×4 input
+/// patch `d` (zero outside the image), `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0],
+/// [0, 1, 0, −1]]`.
+///
+/// Vectorised along a tile row: the patch columns of tile `tx` are padded input columns
+/// `2·tx … 2·tx + 3`, i.e. `even[tx]`, `odd[tx]`, `even[tx + 1]`, `odd[tx + 1]` of the padded
+/// row split by parity, so both transforms are element-wise passes over `tw` tiles.
+///
+/// # Safety
+/// `v` must be valid for writes at `ξ·stride + t`, `ξ < 16`, `t <` the block's tiles, and no
+/// other task may access those elements meanwhile.
+unsafe fn winograd_input_channel(
+    x: &[f32],
+    g: &ConvGeom,
+    c: usize,
+    blk: WinoBlock,
+    v: SendPtr,
+    stride: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+    let l = tw + 1;
+    // One padded input row; four rows split by parity (`[dy][parity][l]`); the four rows of
+    // Bᵀ · d split by parity (`[parity][k][l]`).
+    scratch.resize(18 * l, 0.0);
+    let (padded, rest) = scratch.split_at_mut(2 * l);
+    let (rows, bd) = rest.split_at_mut(8 * l);
+    // Padded column q holds input column q − pad (q < 2·l = 2·tw + 2 ≥ w + pad).
+    let inside = g.w.min(2 * l - g.pad);
+    padded[..g.pad].fill(0.0);
+    padded[g.pad + inside..].fill(0.0);
+    for r in blk.r0..blk.r1 {
+        let (b, ty) = (r / th, r % th);
+        let plane = &x[(b * g.ci + c) * g.h * g.w..][..g.h * g.w];
+        for dy in 0..4 {
+            let (ev, od) = rows[2 * dy * l..(2 * dy + 2) * l].split_at_mut(l);
+            let iy = (2 * ty + dy) as isize - g.pad as isize;
+            if iy < 0 || iy >= g.h as isize {
+                ev.fill(0.0);
+                od.fill(0.0);
+                continue;
+            }
+            padded[g.pad..g.pad + inside].copy_from_slice(&plane[iy as usize * g.w..][..inside]);
+            for ((e, d), pair) in ev.iter_mut().zip(od.iter_mut()).zip(padded.chunks_exact(2)) {
+                *e = pair[0];
+                *d = pair[1];
+            }
+        }
+        // Bᵀ · d, on the even and the odd columns alike.
+        for (par, out) in bd.chunks_exact_mut(4 * l).enumerate() {
+            let d = |k: usize| &rows[(2 * k + par) * l..][..l];
+            let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+            let (o0, rest) = out.split_at_mut(l);
+            let (o1, rest) = rest.split_at_mut(l);
+            let (o2, o3) = rest.split_at_mut(l);
+            for i in 0..l {
+                o0[i] = d0[i] - d2[i];
+                o1[i] = d1[i] + d2[i];
+                o2[i] = d2[i] - d1[i];
+                o3[i] = d1[i] - d3[i];
+            }
+        }
+        // · B along the row: 16 outputs per tile, each a pass over the tile row.
+        let t0 = (r - blk.r0) * tw;
+        for k in 0..4 {
+            let (ev, od) = (&bd[k * l..][..l], &bd[(4 + k) * l..][..l]);
+            // SAFETY: forwarded from the caller (tile columns t0 .. t0 + tw of V[4k .. 4k + 4]).
+            let out = |j: usize| unsafe {
+                std::slice::from_raw_parts_mut(v.get().add((4 * k + j) * stride + t0), tw)
+            };
+            let (a, b_, c_, d_) = (out(0), out(1), out(2), out(3));
+            for i in 0..tw {
+                a[i] = ev[i] - ev[i + 1];
+                b_[i] = od[i] + ev[i + 1];
+                c_[i] = ev[i + 1] - od[i];
+                d_[i] = od[i] - od[i + 1];
+            }
+        }
+    }
+}
+
+/// The inverse transform of output channel `o` over a block's tiles: `Y = Aᵀ · M · A`,
+/// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, `M[ξ]` of tile column `t` read at
+/// `m[ξ·stride + t]`, each tile's 2×2 result written into the output (clipped at odd edges).
+/// Vectorised along a tile row like [`winograd_input_channel`].
+///
+/// # Safety
+/// `out` must be valid for the whole output `[b, co, ho, wo]`, and no other task may write
+/// these tiles' pixels of channel `o`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn winograd_output_channel(
+    m: &[f32],
+    stride: usize,
+    g: &ConvGeom,
+    o: usize,
+    blk: WinoBlock,
+    out: SendPtr,
+    scratch: &mut Vec<f32>,
+) {
+    let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+    scratch.resize(10 * tw, 0.0);
+    let (am, y) = scratch.split_at_mut(8 * tw);
+    for r in blk.r0..blk.r1 {
+        let (b, ty) = (r / th, r % th);
+        let t0 = (r - blk.r0) * tw;
+        let e = |xi: usize| &m[xi * stride + t0..][..tw];
+        // Aᵀ · M: two rows of four.
+        for j in 0..4 {
+            let (m0, m1, m2, m3) = (e(j), e(4 + j), e(8 + j), e(12 + j));
+            let (top, bottom) = am.split_at_mut(4 * tw);
+            let (top, bottom) = (&mut top[j * tw..][..tw], &mut bottom[j * tw..][..tw]);
+            for i in 0..tw {
+                top[i] = m0[i] + m1[i] + m2[i];
+                bottom[i] = m1[i] - m2[i] - m3[i];
+            }
+        }
+        for dy in 0..2 {
+            let oy = 2 * ty + dy;
+            if oy >= g.ho {
+                continue;
+            }
+            let a = |j: usize| &am[(4 * dy + j) * tw..][..tw];
+            let (a0, a1, a2, a3) = (a(0), a(1), a(2), a(3));
+            let (ev, od) = y.split_at_mut(tw);
+            for i in 0..tw {
+                ev[i] = a0[i] + a1[i] + a2[i];
+                od[i] = a1[i] - a2[i] - a3[i];
+            }
+            // SAFETY: forwarded from the caller (row oy of channel o of image b).
+            let row = unsafe {
+                std::slice::from_raw_parts_mut(
+                    out.get().add(((b * g.co + o) * g.ho + oy) * g.wo),
+                    g.wo,
+                )
+            };
+            let mut pairs = row.chunks_exact_mut(2);
+            for (pair, (e, d)) in (&mut pairs).zip(ev.iter().zip(od.iter())) {
+                pair[0] = *e;
+                pair[1] = *d;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = ev[tw - 1];
+            }
+        }
+    }
+}
+
+/// [`conv_forward`] of a stride-1 3×3 convolution by Winograd's F(2×2, 3×3) (Lavin & Gray,
+/// "Fast Algorithms for Convolutional Neural Networks", 2016): each 2×2 output tile costs 16
+/// products per channel pair instead of 36. The transforms of input and weight are exact up to
+/// f32 rounding of their sums (their factors are 0, ±1 and ½), so the result is the direct
+/// convolution's up to the rounding of a different summation.
+///
+/// Tiles are processed in blocks of whole tile rows: transform a block's input
+/// (`V [16][ci][n]`), 16 GEMMs `M[ξ] = U[ξ] [co, ci] · V[ξ]`, inverse-transform
+/// `M [16][co][n]` into the output. Blocks run in parallel, each on one thread, where there
+/// are at least as many as threads; else one after another with the transforms split by
+/// channel and the 16 GEMMs by `ξ` over the pool.
+///
+/// `block_tiles`: tiles per block (rounded down to whole tile rows, at least one).
+fn conv_forward_winograd(x: &[f32], weight: &[f32], g: &ConvGeom, block_tiles: usize) -> Vec<f32> {
+    let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+    let u = winograd_weight(weight, g.co, g.ci);
+    let (blocks, tb) = winograd_blocks(g.b * th, tw, block_tiles);
+    let len = g.b * g.co * g.ho * g.wo;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = SendPtr(out.as_mut_ptr());
+    let (ci, co) = (g.ci, g.co);
+    winograd_run(
+        &blocks,
+        [tw, tb],
+        [16, ci, co],
+        // SAFETY: winograd_run hands each task its own channel's rows of V.
+        |blk, c, v, scratch| unsafe { winograd_input_channel(x, g, c, blk, v, ci * tb, scratch) },
+        // SAFETY: u[ξ] is [co, ci], V[ξ] [ci, n] and M[ξ] [co, n] with row stride tb.
+        |xi, n, v, m| unsafe {
+            gemm(
+                [co, n, ci],
+                m.add(xi * co * tb),
+                [tb as isize, 1],
+                false,
+                u[xi * co * ci..].as_ptr(),
+                [ci as isize, 1],
+                v.add(xi * ci * tb),
+                [tb as isize, 1],
+                false,
+            )
+        },
+        // SAFETY: each task writes its own output channel of the block's tiles.
+        |blk, o, m, scratch| unsafe {
+            winograd_output_channel(m, co * tb, g, o, blk, dst, scratch)
+        },
+    );
+    // SAFETY: the blocks cover every tile row, and their tiles every output pixel of every
+    // channel.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The three stages of a Winograd convolution over its blocks: per block, `input(block, k,
+/// V at channel k's row, scratch)` for each of the `kc` input channels, `product(point, n,
+/// V, M)` for each point, `output(block, m, M from channel m's row, scratch)` for each of the
+/// `mc` output channels, with `V [points][kc][tb]` and `M [points][mc][tb]`. Blocks run in
+/// parallel, each on one thread, where there are at least as many as threads; else one after
+/// another with each stage split over the pool (by channel, by point).
+#[allow(clippy::type_complexity)]
+fn winograd_run(
+    blocks: &[WinoBlock],
+    [tw, tb]: [usize; 2],
+    [points, kc, mc]: [usize; 3],
+    input: impl Fn(WinoBlock, usize, SendPtr, &mut Vec<f32>) + Sync,
+    product: impl Fn(usize, usize, *const f32, *mut f32) + Sync,
+    output: impl Fn(WinoBlock, usize, &[f32], &mut Vec<f32>) + Sync,
+) {
+    let run_block = |blk: WinoBlock, v: &mut [f32], m: &mut [f32], parallel: bool| {
+        let n = blk.tiles(tw);
+        let (vp, mp) = (SendPtr(v.as_mut_ptr()), SendPtr(m.as_mut_ptr()));
+        let input = |scratch: &mut Vec<f32>, k: usize| {
+            // Channel k's rows [point][k][..n], each written by this call alone.
+            input(blk, k, SendPtr(vp.get().wrapping_add(k * tb)), scratch)
+        };
+        let output = |scratch: &mut Vec<f32>, c: usize| {
+            // SAFETY: M holds points·mc·tb elements; the products have all been written.
+            let m = unsafe {
+                std::slice::from_raw_parts(mp.get().add(c * tb), (points - 1) * mc * tb + tb)
+            };
+            output(blk, c, m, scratch)
+        };
+        if parallel {
+            (0..kc).into_par_iter().for_each_init(Vec::new, input);
+            (0..points)
+                .into_par_iter()
+                .for_each(|q| product(q, n, vp.get(), mp.get()));
+            (0..mc).into_par_iter().for_each_init(Vec::new, output);
+        } else {
+            let mut scratch = Vec::new();
+            (0..kc).for_each(|k| input(&mut scratch, k));
+            (0..points).for_each(|q| product(q, n, vp.get(), mp.get()));
+            (0..mc).for_each(|c| output(&mut scratch, c));
+        }
+    };
+    let buffers = || {
+        (
+            vec![0.0f32; points * kc * tb],
+            vec![0.0f32; points * mc * tb],
+        )
+    };
+    if blocks.len() >= rayon::current_num_threads() {
+        blocks
+            .par_iter()
+            .for_each_init(buffers, |(v, m), &blk| run_block(blk, v, m, false));
+    } else {
+        let (mut v, mut m) = buffers();
+        for &blk in blocks {
+            run_block(blk, &mut v, &mut m, true);
+        }
+    }
+}
+
+/// Blocks of whole tile rows covering `rows` tile rows of `tw` tiles, `block_tiles` tiles each
+/// (rounded down to whole rows, at least one), and the tiles of the largest (the buffers' row
+/// stride).
+fn winograd_blocks(rows: usize, tw: usize, block_tiles: usize) -> (Vec<WinoBlock>, usize) {
+    let per = (block_tiles / tw).max(1);
+    let blocks = (0..rows)
+        .step_by(per)
+        .map(|r0| WinoBlock {
+            r0,
+            r1: (r0 + per).min(rows),
+        })
+        .collect();
+    (blocks, per.min(rows) * tw)
+}
+
+/// The output-gradient transform of the Winograd weight gradient, for output channel `o` over
+/// a block's tiles: `Ĝ = A · dY · Aᵀ` of each tile's 2×2 output gradient `dY` (zero past the
+/// output's edge), `A = [[1, 0], [1, 1], [1, −1], [0, −1]]` (the adjoint of
+/// [`winograd_output_channel`]), `Ĝ[ξ]` of tile column `t` written at `m[ξ·stride + t]`.
+///
+/// # Safety
+/// As [`winograd_input_channel`]'s `v`.
+unsafe fn winograd_grad_channel(
+    grad: &[f32],
+    g: &ConvGeom,
+    o: usize,
+    blk: WinoBlock,
+    m: SendPtr,
+    stride: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+    // Two output-gradient rows split by parity, then the four rows of A · dY, by parity.
+    scratch.resize(12 * tw, 0.0);
+    let (rows, ad) = scratch.split_at_mut(4 * tw);
+    for r in blk.r0..blk.r1 {
+        let (b, ty) = (r / th, r % th);
+        for dy in 0..2 {
+            let (ev, od) = rows[2 * dy * tw..(2 * dy + 2) * tw].split_at_mut(tw);
+            let oy = 2 * ty + dy;
+            if oy >= g.ho {
+                ev.fill(0.0);
+                od.fill(0.0);
+                continue;
+            }
+            let src = &grad[((b * g.co + o) * g.ho + oy) * g.wo..][..g.wo];
+            let mut pairs = src.chunks_exact(2);
+            for ((e, d), pair) in ev.iter_mut().zip(od.iter_mut()).zip(&mut pairs) {
+                *e = pair[0];
+                *d = pair[1];
+            }
+            if let [last] = pairs.remainder() {
+                ev[tw - 1] = *last;
+                od[tw - 1] = 0.0;
+            }
+        }
+        for par in 0..2 {
+            let (d0, d1) = (&rows[par * tw..][..tw], &rows[(2 + par) * tw..][..tw]);
+            let (o0, rest) = ad.split_at_mut(2 * tw);
+            let (o1, rest) = rest.split_at_mut(2 * tw);
+            let (o2, o3) = rest.split_at_mut(2 * tw);
+            let o = |a: &mut [f32]| -> *mut f32 { a[par * tw..].as_mut_ptr() };
+            let (o0, o1, o2, o3) = (o(o0), o(o1), o(o2), o(o3));
+            for i in 0..tw {
+                // SAFETY: each of o0..o3 points at tw elements of its own row.
+                unsafe {
+                    *o0.add(i) = d0[i];
+                    *o1.add(i) = d0[i] + d1[i];
+                    *o2.add(i) = d0[i] - d1[i];
+                    *o3.add(i) = -d1[i];
+                }
+            }
+        }
+        let t0 = (r - blk.r0) * tw;
+        for k in 0..4 {
+            let (ev, od) = ad[2 * k * tw..(2 * k + 2) * tw].split_at(tw);
+            // SAFETY: forwarded from the caller (tile columns t0 .. t0 + tw of Ĝ[4k .. 4k + 4]).
+            let out = |j: usize| unsafe {
+                std::slice::from_raw_parts_mut(m.get().add((4 * k + j) * stride + t0), tw)
+            };
+            let (a, b_, c_, d_) = (out(0), out(1), out(2), out(3));
+            for i in 0..tw {
+                a[i] = ev[i];
+                b_[i] = ev[i] + od[i];
+                c_[i] = ev[i] - od[i];
+                d_[i] = -od[i];
+            }
+        }
+    }
+}
+
+/// [`conv_weight_grad`] of a stride-1 3×3 convolution by Winograd's F(2×2, 3×3): the adjoint
+/// of [`conv_forward_winograd`] in the weight, `dW[o, c] = Gᵀ · (Σ_t Ĝ_t[o] ⊙ V_t[c]) · G` with
+/// `V` the input transform and `Ĝ` [`winograd_grad_channel`]: 16 GEMMs `dU[ξ] += Ĝ[ξ] [co, n]
+/// · V[ξ]ᵀ [n, ci]` per block, 16 products per tile and channel pair instead of 36.
+///
+/// Summed like [`conv_weight_grad`]: the blocks in fixed chunks (a function of the geometry
+/// alone), each chunk in order into its own buffer, then the chunks in order, so the sums are
+/// the same whatever the thread count. Chunks run in parallel where there are at least as many
+/// as threads; else one after another, each block's transforms split by channel and its 16
+/// GEMMs by `ξ` over the pool (each `ξ` accumulates into its own part of the buffer).
+fn conv_weight_grad_winograd(
+    x: &[f32],
+    grad: &[f32],
+    g: &ConvGeom,
+    block_tiles: usize,
+) -> Vec<f32> {
+    let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+    let (blocks, tb) = winograd_blocks(g.b * th, tw, block_tiles);
+    let (ci, co) = (g.ci, g.co);
+    let size = 16 * co * ci;
+    let chunks = blocks.len().min(16).min((16 << 20) / size).max(1);
+    let per_chunk = blocks.len().div_ceil(chunks);
+    // SAFETY (of every GEMM): dU[ξ] is [co, ci] within `acc`, Ĝ[ξ] [co, n] and V[ξ] [ci, n]
+    // with row stride tb within their buffers.
+    let product = |xi: usize, n: usize, gm: *const f32, v: *const f32, acc: *mut f32| unsafe {
+        gemm(
+            [co, ci, n],
+            acc.add(xi * co * ci),
+            [ci as isize, 1],
+            true,
+            gm.add(xi * co * tb),
+            [tb as isize, 1],
+            v.add(xi * ci * tb),
+            [1, tb as isize],
+            false,
+        )
+    };
+    let transforms = |blk: WinoBlock, v: &mut [f32], gm: &mut [f32], parallel: bool| {
+        let (vp, gp) = (SendPtr(v.as_mut_ptr()), SendPtr(gm.as_mut_ptr()));
+        // SAFETY: channel c's rows [ξ][c][..n] lie within v (16·ci·tb), output channel o's
+        // within gm (16·co·tb), each written by one task.
+        let input = |scratch: &mut Vec<f32>, c: usize| unsafe {
+            let at = SendPtr(vp.get().add(c * tb));
+            winograd_input_channel(x, g, c, blk, at, ci * tb, scratch)
+        };
+        let output = |scratch: &mut Vec<f32>, o: usize| unsafe {
+            let at = SendPtr(gp.get().add(o * tb));
+            winograd_grad_channel(grad, g, o, blk, at, co * tb, scratch)
+        };
+        if parallel {
+            (0..ci).into_par_iter().for_each_init(Vec::new, input);
+            (0..co).into_par_iter().for_each_init(Vec::new, output);
+        } else {
+            let mut scratch = Vec::new();
+            (0..ci).for_each(|c| input(&mut scratch, c));
+            (0..co).for_each(|o| output(&mut scratch, o));
+        }
+    };
+    let partial: Vec<Vec<f32>> = if chunks >= rayon::current_num_threads() {
+        blocks
+            .par_chunks(per_chunk)
+            .map(|chunk| {
+                let mut acc = vec![0.0f32; size];
+                let (mut v, mut gm) = (vec![0.0f32; 16 * ci * tb], vec![0.0f32; 16 * co * tb]);
+                for &blk in chunk {
+                    transforms(blk, &mut v, &mut gm, false);
+                    for xi in 0..16 {
+                        product(xi, blk.tiles(tw), gm.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+                    }
+                }
+                acc
+            })
+            .collect()
+    } else {
+        let (mut v, mut gm) = (vec![0.0f32; 16 * ci * tb], vec![0.0f32; 16 * co * tb]);
+        blocks
+            .chunks(per_chunk)
+            .map(|chunk| {
+                let mut acc = vec![0.0f32; size];
+                for &blk in chunk {
+                    transforms(blk, &mut v, &mut gm, true);
+                    let (vp, gp, ap) = (
+                        SendPtr(v.as_mut_ptr()),
+                        SendPtr(gm.as_mut_ptr()),
+                        SendPtr(acc.as_mut_ptr()),
+                    );
+                    (0..16)
+                        .into_par_iter()
+                        .for_each(|xi| product(xi, blk.tiles(tw), gp.get(), vp.get(), ap.get()));
+                }
+                acc
+            })
+            .collect()
+    };
+    let mut partial = partial.into_iter();
+    let mut du = partial.next().unwrap_or_else(|| vec![0.0; size]);
+    for p in partial {
+        du.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    // dW = Gᵀ · dU · G, Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]].
+    let n = co * ci;
+    let mut dw = vec![0.0f32; n * 9];
+    dw.par_chunks_mut(9).enumerate().for_each(|(pair, out)| {
+        let e = |xi: usize| du[xi * n + pair];
+        let mut gu = [[0.0f32; 4]; 3];
+        for j in 0..4 {
+            let (u0, u1, u2, u3) = (e(j), e(4 + j), e(8 + j), e(12 + j));
+            gu[0][j] = u0 + 0.5 * (u1 + u2);
+            gu[1][j] = 0.5 * (u1 - u2);
+            gu[2][j] = 0.5 * (u1 + u2) + u3;
+        }
+        for (i, r) in gu.iter().enumerate() {
+            out[3 * i] = r[0] + 0.5 * (r[1] + r[2]);
+            out[3 * i + 1] = 0.5 * (r[1] - r[2]);
+            out[3 * i + 2] = 0.5 * (r[1] + r[2]) + r[3];
+        }
+    });
+    dw
+}
+
+/// Whether [`conv_input_grad`] takes [`conv_transpose_winograd`]: the transposed 3×3
+/// stride-2 convolutions (the generator's upsampling, the strided convolutions' input
+/// gradients) with at least 1024 tiles and 128 channels both ways. Below that the direct path
+/// (one GEMM with `M = 9·ci` and col2im) was as fast or faster on two threads: 289 and 648
+/// tiles at 512 channels (the upsampling to 65 px at batch 1 and to 33 px at batch 8) ran
+/// 1.00–1.04× its time, 1156 tiles at 64 → 128 channels 1.11×; the upsampling to 129 and 257
+/// px at batch 1 ran 0.41–0.58× (`docs/performance.md`).
+fn transpose_winograd_applies(g: &ConvGeom) -> bool {
+    let tiles = g.b * (g.ho + 1).div_ceil(2) * (g.wo + 1).div_ceil(2);
+    g.k == 3 && g.stride == 2 && g.pad <= 1 && g.ci.min(g.co) >= 128 && tiles >= 1024
+}
+
+/// `U[p][c][o]` of [`conv_transpose_winograd`] (16 points per channel pair, `[ci, co]` each,
+/// the GEMMs' left factor): the kernel taps of each output phase in F(2, 2)'s transform
+/// `G = [[1, 0], [1, 1], [0, 1]]` (a 3-point transform per phase axis with two taps).
+fn transpose_winograd_weight(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
+    let n = co * ci;
+    let mut u = vec![0.0f32; 16 * n];
+    let dst = SendPtr(u.as_mut_ptr());
+    let g3 = |a: f32, b: f32| [a, a + b, b];
+    (0..ci).into_par_iter().for_each(|c| {
+        for o in 0..co {
+            let w = &weight[(o * ci + c) * 9..][..9];
+            let tap = |kh: usize, kw: usize| w[3 * kh + kw];
+            let put = |p: usize, v: f32| {
+                // SAFETY: task `c` alone writes row c of every point.
+                unsafe { *dst.get().add(p * n + c * co + o) = v }
+            };
+            // Even rows and columns: taps (2 − 2a, 2 − 2b) of the correlation's (a, b).
+            let cols = [g3(tap(2, 2), tap(2, 0)), g3(tap(0, 2), tap(0, 0))];
+            for v in 0..3 {
+                for (u_, e) in g3(cols[0][v], cols[1][v]).into_iter().enumerate() {
+                    put(3 * u_ + v, e);
+                }
+            }
+            // Even rows, odd columns (kw = 1); odd rows, even columns (kh = 1); both odd.
+            for (i, e) in g3(tap(2, 1), tap(0, 1)).into_iter().enumerate() {
+                put(9 + i, e);
+            }
+            for (i, e) in g3(tap(1, 2), tap(1, 0)).into_iter().enumerate() {
+                put(12 + i, e);
+            }
+            put(15, tap(1, 1));
+        }
+    });
+    u
+}
+
+/// The 25 transformed inputs of [`conv_transpose_winograd`] for input channel `o` over a
+/// block's tiles, `V[q]` of tile column `t` written at `v[q·stride + t]`. Tile `(ti, tj)`
+/// reads rows `2·ti − 1 … 2·ti + 1` and columns `2·tj − 1 … 2·tj + 1` of the plane (zero
+/// outside it); F(2, 2)'s input transform is `Bᵀ = [[1, −1, 0], [0, 1, 0], [0, −1, 1]]`.
+/// Points: `q = 3u + v` (even/even phase, `Bᵀ` on rows and columns), `9 + 2u + dj` (even rows:
+/// `Bᵀ` on rows, columns `2·tj + dj`), `15 + 2v + di` (odd rows: row `2·ti + di`, `Bᵀ` on
+/// columns), `21 + 2·di + dj` (the plain inputs).
+///
+/// # Safety
+/// As [`winograd_input_channel`]'s `v` (25 points).
+unsafe fn transpose_input_channel(
+    x: &[f32],
+    g: &ConvGeom,
+    o: usize,
+    blk: WinoBlock,
+    v: SendPtr,
+    stride: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let (th, tw) = ((g.ho + 1).div_ceil(2), (g.wo + 1).div_ceil(2));
+    let l = tw + 1;
+    // One padded row (column q holds input column q − 1); per row (−1, 0, +1) its padded
+    // columns split by parity, `ev` (l) and `od` (tw): columns 2t − 1, 2t, 2t + 1 of tile t are
+    // ev[t], od[t], ev[t + 1]; then Bᵀ's first and last output along the row (its middle one
+    // is od itself).
+    scratch.resize(2 * l + 3 * (l + tw) + 6 * tw, 0.0);
+    let (padded, rest) = scratch.split_at_mut(2 * l);
+    let (cols, hor) = rest.split_at_mut(3 * (l + tw));
+    let inside = g.wo.min(2 * l - 1);
+    padded[0] = 0.0;
+    padded[1 + inside..].fill(0.0);
+    for r in blk.r0..blk.r1 {
+        let (b, ti) = (r / th, r % th);
+        let plane = &x[(b * g.co + o) * g.ho * g.wo..][..g.ho * g.wo];
+        for dr in 0..3 {
+            let (ev, od) = cols[dr * (l + tw)..(dr + 1) * (l + tw)].split_at_mut(l);
+            match (2 * ti + dr).checked_sub(1).filter(|&y| y < g.ho) {
+                None => {
+                    ev.fill(0.0);
+                    od.fill(0.0);
+                }
+                Some(y) => {
+                    padded[1..1 + inside].copy_from_slice(&plane[y * g.wo..][..inside]);
+                    for ((e, d), pair) in
+                        ev.iter_mut().zip(od.iter_mut()).zip(padded.chunks_exact(2))
+                    {
+                        *e = pair[0];
+                        *d = pair[1];
+                    }
+                    ev[tw] = padded[2 * tw];
+                }
+            }
+            let (ev, od) = cols[dr * (l + tw)..(dr + 1) * (l + tw)].split_at(l);
+            let (h0, h2) = hor[2 * dr * tw..(2 * dr + 2) * tw].split_at_mut(tw);
+            for t in 0..tw {
+                h0[t] = ev[t] - od[t];
+                h2[t] = ev[t + 1] - od[t];
+            }
+        }
+        // Row dr's column 2t + dj (dj = 0: od, 1: ev shifted) and Bᵀ's output v along it.
+        let col = |dr: usize, dj: usize| -> &[f32] {
+            let base = dr * (l + tw);
+            if dj == 0 {
+                &cols[base + l..][..tw]
+            } else {
+                &cols[base + 1..][..tw]
+            }
+        };
+        let hv = |dr: usize, v: usize| -> &[f32] {
+            match v {
+                0 => &hor[2 * dr * tw..][..tw],
+                1 => col(dr, 0),
+                _ => &hor[(2 * dr + 1) * tw..][..tw],
+            }
+        };
+        let t0 = (r - blk.r0) * tw;
+        // SAFETY: forwarded from the caller (tile columns t0 .. t0 + tw of point q).
+        let out =
+            |q: usize| unsafe { std::slice::from_raw_parts_mut(v.get().add(q * stride + t0), tw) };
+        // Bᵀ down the three rows: points q0, q0 + step, q0 + 2·step.
+        let down = |r0: &[f32], r1: &[f32], r2: &[f32], q0: usize, step: usize| {
+            let (a, b_, c_) = (out(q0), out(q0 + step), out(q0 + 2 * step));
+            for t in 0..tw {
+                a[t] = r0[t] - r1[t];
+                b_[t] = r1[t];
+                c_[t] = r2[t] - r1[t];
+            }
+        };
+        for v_ in 0..3 {
+            down(hv(0, v_), hv(1, v_), hv(2, v_), v_, 3);
+        }
+        for dj in 0..2 {
+            down(col(0, dj), col(1, dj), col(2, dj), 9 + dj, 2);
+        }
+        // Odd rows: row 2·ti + di is row dr = di + 1.
+        for di in 0..2 {
+            for v_ in 0..3 {
+                out(15 + 2 * v_ + di).copy_from_slice(hv(di + 1, v_));
+            }
+            for dj in 0..2 {
+                out(21 + 2 * di + dj).copy_from_slice(col(di + 1, dj));
+            }
+        }
+    }
+}
+
+/// The inverse transforms of [`conv_transpose_winograd`] for output channel `c` over a
+/// block's tiles (`M[q]` of tile column `t` at `m[q·stride + t]`, points as in
+/// [`transpose_input_channel`], `Aᵀ = [[1, 1, 0], [0, 1, 1]]`): tile `(ti, tj)` gives padded
+/// rows `4·ti … 4·ti + 3` and columns `4·tj … 4·tj + 3` of the output, i.e. output pixel
+/// `(4·ti + 2·di + a − pad, 4·tj + 2·dj + b − pad)` from phase `(a, b)`'s `(di, dj)`.
+///
+/// # Safety
+/// As [`winograd_output_channel`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn transpose_output_channel(
+    m: &[f32],
+    stride: usize,
+    g: &ConvGeom,
+    c: usize,
+    blk: WinoBlock,
+    out: SendPtr,
+    scratch: &mut Vec<f32>,
+) {
+    let (th, tw) = ((g.ho + 1).div_ceil(2), (g.wo + 1).div_ceil(2));
+    // 16 result vectors ([padded row 0..4][padded column offset 0..4]) and one interleaved
+    // padded row.
+    scratch.resize(20 * tw, 0.0);
+    let (res, line) = scratch.split_at_mut(16 * tw);
+    let e = |q: usize, t0: usize| &m[q * stride + t0..][..tw];
+    for r in blk.r0..blk.r1 {
+        let (b, ti) = (r / th, r % th);
+        let t0 = (r - blk.r0) * tw;
+        // Even/even, written out plainly: Z00[di][dj] = Σ_u Σ_v A[di][u]·A[dj][v]·M[3u + v].
+        for di in 0..2 {
+            for dj in 0..2 {
+                let us = if di == 0 { [0, 1] } else { [1, 2] };
+                let vs = if dj == 0 { [0, 1] } else { [1, 2] };
+                let (a, b_, c_, d_) = (
+                    e(3 * us[0] + vs[0], t0),
+                    e(3 * us[0] + vs[1], t0),
+                    e(3 * us[1] + vs[0], t0),
+                    e(3 * us[1] + vs[1], t0),
+                );
+                let dst = &mut res[(4 * (2 * di) + 2 * dj) * tw..][..tw];
+                for t in 0..tw {
+                    dst[t] = (a[t] + b_[t]) + (c_[t] + d_[t]);
+                }
+            }
+        }
+        // Even rows, odd columns: Z01[di][dj] = Σ_u A[di][u]·M[9 + 2u + dj].
+        for di in 0..2 {
+            let us = if di == 0 { [0, 1] } else { [1, 2] };
+            for dj in 0..2 {
+                let (a, b_) = (e(9 + 2 * us[0] + dj, t0), e(9 + 2 * us[1] + dj, t0));
+                let dst = &mut res[(4 * (2 * di) + 2 * dj + 1) * tw..][..tw];
+                for t in 0..tw {
+                    dst[t] = a[t] + b_[t];
+                }
+            }
+        }
+        // Odd rows, even columns: Z10[di][dj] = Σ_v A[dj][v]·M[15 + 2v + di].
+        for di in 0..2 {
+            for dj in 0..2 {
+                let vs = if dj == 0 { [0, 1] } else { [1, 2] };
+                let (a, b_) = (e(15 + 2 * vs[0] + di, t0), e(15 + 2 * vs[1] + di, t0));
+                let dst = &mut res[(4 * (2 * di + 1) + 2 * dj) * tw..][..tw];
+                for t in 0..tw {
+                    dst[t] = a[t] + b_[t];
+                }
+            }
+        }
+        // Both odd.
+        for di in 0..2 {
+            for dj in 0..2 {
+                res[(4 * (2 * di + 1) + 2 * dj + 1) * tw..][..tw]
+                    .copy_from_slice(e(21 + 2 * di + dj, t0));
+            }
+        }
+        // Interleave each padded row and write its part inside the output.
+        for pr in 0..4 {
+            let Some(y) = (4 * ti + pr).checked_sub(g.pad).filter(|&y| y < g.h) else {
+                continue;
+            };
+            let r = |q: usize| &res[(4 * pr + q) * tw..][..tw];
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            for (t, quad) in line.chunks_exact_mut(4).enumerate() {
+                quad.copy_from_slice(&[r0[t], r1[t], r2[t], r3[t]]);
+            }
+            let n = g.w.min(4 * tw - g.pad);
+            // SAFETY: forwarded from the caller (row y of channel c of image b).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out.get().add(((b * g.ci + c) * g.h + y) * g.w), g.w)
+            };
+            dst[..n].copy_from_slice(&line[g.pad..g.pad + n]);
+        }
+    }
+}
+
+/// [`conv_input_grad`] of a 3×3 stride-2 convolution (pad ≤ 1), i.e. the transposed
+/// convolution, by output phase: each parity of output row and column is a stride-1
+/// correlation of the input with 2×2, 2×1, 1×2 or 1×1 of the kernel's taps, and the
+/// two-tap axes run as Winograd's F(2, 2) (3 products for 2 outputs). Per 2×2 tile of phase
+/// positions (4×4 output pixels) that is 9 + 6 + 6 + 4 = 25 products per channel pair instead
+/// of 36; the transforms are additions only. Blocks and parallelism as in
+/// [`conv_forward_winograd`], with 25 GEMMs `M[q] = U[p(q)] [ci, co] · V[q] [co, n]`.
+fn conv_transpose_winograd(
+    grad: &[f32],
+    weight: &[f32],
+    g: &ConvGeom,
+    block_tiles: usize,
+) -> Vec<f32> {
+    let (th, tw) = ((g.ho + 1).div_ceil(2), (g.wo + 1).div_ceil(2));
+    let u = transpose_winograd_weight(weight, g.co, g.ci);
+    let (blocks, tb) = winograd_blocks(g.b * th, tw, block_tiles);
+    // Zeroed: output pixels past the last tile's padded rows and columns are never written (a
+    // pad-1 geometry's last row and column when the input size is even).
+    let mut out = vec![0.0f32; g.b * g.ci * g.h * g.w];
+    let dst = SendPtr(out.as_mut_ptr());
+    let (ci, co) = (g.ci, g.co);
+    // The kernel point of each of the 25 input points (transpose_input_channel).
+    let point = |q: usize| match q {
+        0..9 => q,
+        9..15 => 9 + (q - 9) / 2,
+        15..21 => 12 + (q - 15) / 2,
+        _ => 15,
+    };
+    winograd_run(
+        &blocks,
+        [tw, tb],
+        [25, co, ci],
+        // SAFETY: winograd_run hands each task its own channel's rows of V.
+        |blk, o, v, scratch| unsafe {
+            transpose_input_channel(grad, g, o, blk, v, co * tb, scratch)
+        },
+        // SAFETY: u[p] is [ci, co], V[q] [co, n] and M[q] [ci, n] with row stride tb.
+        |q, n, v, m| unsafe {
+            gemm(
+                [ci, n, co],
+                m.add(q * ci * tb),
+                [tb as isize, 1],
+                false,
+                u[point(q) * ci * co..].as_ptr(),
+                [co as isize, 1],
+                v.add(q * co * tb),
+                [tb as isize, 1],
+                false,
+            )
+        },
+        // SAFETY: each task writes its own output channel of the block's tiles.
+        |blk, c, m, scratch| unsafe {
+            transpose_output_channel(m, ci * tb, g, c, blk, dst, scratch)
+        },
+    );
+    out
+}
+
+/// Tiles per Winograd block (whole tile rows, at least one): enough GEMM columns to reuse each
+/// weight element, few enough that a block's transformed input stays near 1 MiB per thread.
+fn winograd_block(g: &ConvGeom) -> usize {
+    ((1usize << 16) / g.ci.max(g.co)).clamp(32, 1024)
+}
+
+/// Whether the Winograd paths are on: unless the environment sets `SAE_WINOGRAD` to `0`, `off`
+/// or `false` (read once), which runs every convolution as the direct GEMM (for comparisons, or
+/// for results that are bit-identical to builds before them; `docs/performance.md`).
+fn winograd_enabled() -> bool {
+    #[cfg(test)]
+    if tests::DIRECT_ONLY.get() {
+        return false;
+    }
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| winograd_setting(std::env::var_os("SAE_WINOGRAD").as_deref()))
+}
+
+/// `SAE_WINOGRAD`'s meaning. A value it does not know leaves the paths on and says so once on
+/// stderr, rather than being taken silently for either.
+fn winograd_setting(value: Option<&std::ffi::OsStr>) -> bool {
+    let Some(value) = value else { return true };
+    match value.to_string_lossy().trim().to_ascii_lowercase().as_str() {
+        "0" | "off" | "false" | "no" => false,
+        "" | "1" | "on" | "true" | "yes" => true,
+        other => {
+            eprintln!(
+                "warning: SAE_WINOGRAD={other:?} is not one of 0/off/false/no or 1/on/true/yes; \
+                 the Winograd convolutions stay on"
+            );
+            true
+        }
+    }
+}
+
 /// `conv2d(x, weight)` without bias.
 ///
 /// # Shapes
@@ -405,6 +1298,9 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
     let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
     debug_assert_eq!(x.len(), g.b * plane_in);
     debug_assert_eq!(weight.len(), g.co * kk);
+    if winograd_applies(g) && winograd_enabled() {
+        return conv_forward_winograd(x, weight, g, winograd_block(g));
+    }
     let len = g.b * g.co * plane_out;
     // Not zeroed: the tiles cover every output element once and the GEMM does not read `dst`
     // (its length is set after they all ran).
@@ -462,6 +1358,9 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
     let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
     debug_assert_eq!(x.len(), g.b * plane_in);
     debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
+    if winograd_applies(g) && winograd_enabled() {
+        return conv_weight_grad_winograd(x, grad, g, winograd_block(g));
+    }
     // The pixels are this GEMM's inner dimension (at least MIN_TILE_PIXELS per call).
     let tiles = g.tiles();
     // Fixed chunks, each summed in order into its own buffer, then the buffers in order: the
@@ -542,6 +1441,9 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
         };
         return conv_forward(grad, &flipped, &adjoint);
     }
+    if transpose_winograd_applies(g) && winograd_enabled() {
+        return conv_transpose_winograd(grad, weight, g, winograd_block(g));
+    }
     let mut out = vec![0.0f32; g.b * plane_in];
     let r = g.rows_per_tile();
     // One image: dcol = Wᵀ · g_b[:, tile], then col2im into that image's gradient.
@@ -590,6 +1492,11 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
 mod tests {
     use super::*;
 
+    std::thread_local! {
+        /// Set by a test to run its thread's convolutions on the direct paths.
+        pub(super) static DIRECT_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
     /// The definition, one output at a time.
     fn naive_forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
         let mut out = vec![0.0f32; g.b * g.co * g.ho * g.wo];
@@ -620,6 +1527,37 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The weight gradient by its definition, `dW[o, c, kh, kw] = Σ g[o, oy, ox] · x[c, iy, ix]`.
+    fn naive_weight_grad(x: &[f32], gr: &[f32], g: &ConvGeom) -> Vec<f32> {
+        let mut dw = vec![0.0f64; g.co * g.kk()];
+        for b in 0..g.b {
+            for o in 0..g.co {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let go = gr[((b * g.co + o) * g.ho + oy) * g.wo + ox] as f64;
+                        for c in 0..g.ci {
+                            for kh in 0..g.k {
+                                for kw in 0..g.k {
+                                    let iy = (oy * g.stride + kh) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kw) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    dw[((o * g.ci + c) * g.k + kh) * g.k + kw] += go
+                                        * x[((b * g.ci + c) * g.h + iy as usize) * g.w
+                                            + ix as usize]
+                                            as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dw.into_iter().map(|v| v as f32).collect()
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -711,6 +1649,164 @@ mod tests {
             let tol = 1e-4 * yg.abs().max(1.0);
             assert!((yg - xdx).abs() < tol, "input grad {g:?}: {yg} vs {xdx}");
             assert!((yg - wdw).abs() < tol, "weight grad {g:?}: {yg} vs {wdw}");
+        }
+    }
+
+    /// The Winograd path against the definition: odd sizes (clipped last tiles), pads 0–2
+    /// (2 is the input gradient of a pad-0 convolution), planes smaller than a tile, blocks of
+    /// one tile row, of several (a shorter last one) and of the whole batch; on one thread
+    /// (blocks in parallel) and on more threads than blocks (blocks one after another).
+    #[test]
+    fn winograd_matches_the_definition() {
+        for threads in [1, 64] {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    for &(shape, co, p) in &[
+                        ([2, 3, 9, 7], 4, 1),
+                        ([1, 5, 6, 5], 2, 0),
+                        ([1, 2, 3, 4], 3, 2),
+                        ([3, 4, 10, 12], 3, 1),
+                        ([1, 3, 2, 2], 2, 1),
+                        ([2, 2, 1, 1], 2, 1),
+                    ] {
+                        let g = ConvGeom::new(shape, co, 3, 1, p).unwrap();
+                        let x = values(g.b * g.ci * g.h * g.w, 4);
+                        let w = values(g.co * g.kk(), 5);
+                        let want = naive_forward(&x, &w, &g);
+                        let gr = values(g.b * g.co * g.ho * g.wo, 6);
+                        let dw_want = naive_weight_grad(&x, &gr, &g);
+                        for block_tiles in [1, 7, usize::MAX] {
+                            let y = conv_forward_winograd(&x, &w, &g, block_tiles);
+                            close(&y, &want, &format!("winograd {g:?}, {block_tiles} tiles"));
+                            let dw = conv_weight_grad_winograd(&x, &gr, &g, block_tiles);
+                            close(
+                                &dw,
+                                &dw_want,
+                                &format!("winograd dW {g:?}, {block_tiles} tiles"),
+                            );
+                        }
+                    }
+                });
+        }
+    }
+
+    /// The transposed convolution by phases against the generic path (checked above against
+    /// the definition by the adjoint identity): pads 0 and 1, even and odd sizes (the last
+    /// output row and column beyond every tile or not), blocks of one tile row, several, all;
+    /// on one thread and on more threads than blocks.
+    #[test]
+    fn transposed_winograd_matches_col2im() {
+        for threads in [1, 64] {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    for &(shape, co, p) in &[
+                        ([1, 3, 9, 9], 4, 0),
+                        ([2, 4, 10, 7], 3, 0),
+                        ([1, 2, 8, 8], 3, 1),
+                        ([2, 3, 7, 10], 2, 1),
+                        ([1, 2, 3, 3], 2, 0),
+                        ([1, 2, 2, 3], 2, 1),
+                    ] {
+                        let g = ConvGeom::new(shape, co, 3, 2, p).unwrap();
+                        let w = values(g.co * g.kk(), 7);
+                        let gr = values(g.b * g.co * g.ho * g.wo, 8);
+                        let want = conv_input_grad(&gr, &w, &g);
+                        for block_tiles in [1, 5, usize::MAX] {
+                            let dx = conv_transpose_winograd(&gr, &w, &g, block_tiles);
+                            close(
+                                &dx,
+                                &want,
+                                &format!("transposed {g:?}, {block_tiles} tiles"),
+                            );
+                        }
+                    }
+                });
+        }
+    }
+
+    /// Full-size layers through the public entry points, Winograd against the direct paths
+    /// (which the parity tests check against PyTorch): a 32-channel stride-1 convolution at
+    /// 64 px (2048 tiles) in all three passes, and the upsampling of a 128-channel plane to 129
+    /// px (1089 tiles). The bound is the unit tests' (1e-5 of the largest value: f32 sums of a
+    /// few hundred to thousands of products); the measured differences are printed.
+    #[test]
+    fn winograd_agrees_with_the_direct_paths_at_full_size() {
+        let g = ConvGeom::new([2, 32, 64, 64], 32, 3, 1, 1).unwrap();
+        let t = ConvGeom::new([1, 128, 129, 129], 128, 3, 2, 0).unwrap();
+        assert!(winograd_applies(&g) && transpose_winograd_applies(&t));
+        let x = values(g.b * g.ci * g.h * g.w, 9);
+        let w = values(g.co * g.kk(), 10);
+        let gr = values(g.b * g.co * g.ho * g.wo, 11);
+        let tw = values(t.co * t.kk(), 12);
+        let tg = values(t.b * t.co * t.ho * t.wo, 13);
+        let run = || {
+            [
+                conv_forward(&x, &w, &g),
+                conv_input_grad(&gr, &w, &g),
+                conv_weight_grad(&x, &gr, &g),
+                conv_input_grad(&tg, &tw, &t),
+            ]
+        };
+        let fast = run();
+        DIRECT_ONLY.set(true);
+        let direct = run();
+        DIRECT_ONLY.set(false);
+        for (name, (a, b)) in ["forward", "input grad", "weight grad", "transposed"]
+            .iter()
+            .zip(fast.iter().zip(&direct))
+        {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!(
+                "{name}: max |winograd − direct| = {:.1e} of the largest value",
+                diff / scale
+            );
+            assert_ne!(diff, 0.0, "{name}: the Winograd path did not run");
+            close(a, b, name);
+        }
+    }
+
+    /// Which convolutions take the Winograd path: stride-1 3×3 ones with enough channels and
+    /// tiles (the church-256 swap's from 32 px at batch 1, not its 16-px 512-channel ones).
+    #[test]
+    fn winograd_takes_the_large_stride_1_3x3_convolutions() {
+        let applies =
+            |shape, co, k, s, p| winograd_applies(&ConvGeom::new(shape, co, k, s, p).unwrap());
+        assert!(applies([1, 512, 32, 32], 512, 3, 1, 1));
+        assert!(applies([1, 128, 256, 256], 128, 3, 1, 1));
+        assert!(applies([1, 32, 258, 258], 32, 3, 1, 0));
+        assert!(applies([8, 512, 16, 16], 512, 3, 1, 1));
+        assert!(!applies([1, 512, 16, 16], 512, 3, 1, 1));
+        assert!(!applies([8, 32, 16, 16], 32, 3, 1, 1));
+        assert!(!applies([1, 16, 256, 256], 16, 3, 1, 1));
+        assert!(!applies([1, 512, 66, 66], 512, 3, 2, 0));
+        assert!(!applies([1, 512, 64, 64], 512, 1, 1, 0));
+        let transposed = |shape, co, k, s, p| {
+            transpose_winograd_applies(&ConvGeom::new(shape, co, k, s, p).unwrap())
+        };
+        // The upsampling of G, as the input gradient of a stride-2 convolution of its output.
+        assert!(transposed([1, 256, 129, 129], 512, 3, 2, 0));
+        assert!(transposed([1, 128, 257, 257], 256, 3, 2, 0));
+        assert!(!transposed([1, 512, 65, 65], 512, 3, 2, 0));
+        assert!(!transposed([4, 64, 65, 65], 128, 3, 2, 0));
+        assert!(!transposed([1, 256, 129, 129], 512, 3, 1, 0));
+    }
+
+    #[test]
+    fn the_winograd_switch_reads_its_values() {
+        use std::ffi::OsStr;
+        assert!(winograd_setting(None));
+        for off in ["0", "off", "FALSE", " no "] {
+            assert!(!winograd_setting(Some(OsStr::new(off))), "{off}");
+        }
+        for on in ["", "1", "On", "true", "yes", "2", "maybe"] {
+            assert!(winograd_setting(Some(OsStr::new(on))), "{on}");
         }
     }
 
