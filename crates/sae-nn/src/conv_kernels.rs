@@ -934,14 +934,13 @@ fn conv_weight_grad_winograd(
     let mut dw = vec![0.0f32; n * 9];
     dw.par_chunks_mut(9).enumerate().for_each(|(pair, out)| {
         let e = |xi: usize| du[xi * n + pair];
-        let mut gu = [[0.0f32; 4]; 3];
-        for j in 0..4 {
+        // Gᵀ · dU, column j of dU at a time: gu[j] is column j of the 3×4 product.
+        let gu: [[f32; 3]; 4] = std::array::from_fn(|j| {
             let (u0, u1, u2, u3) = (e(j), e(4 + j), e(8 + j), e(12 + j));
-            gu[0][j] = u0 + 0.5 * (u1 + u2);
-            gu[1][j] = 0.5 * (u1 - u2);
-            gu[2][j] = 0.5 * (u1 + u2) + u3;
-        }
-        for (i, r) in gu.iter().enumerate() {
+            [u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3]
+        });
+        for i in 0..3 {
+            let r = gu.map(|col| col[i]);
             out[3 * i] = r[0] + 0.5 * (r[1] + r[2]);
             out[3 * i + 1] = 0.5 * (r[1] - r[2]);
             out[3 * i + 2] = 0.5 * (r[1] + r[2]) + r[3];
@@ -980,8 +979,8 @@ fn transpose_winograd_weight(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
             };
             // Even rows and columns: taps (2 − 2a, 2 − 2b) of the correlation's (a, b).
             let cols = [g3(tap(2, 2), tap(2, 0)), g3(tap(0, 2), tap(0, 0))];
-            for v in 0..3 {
-                for (u_, e) in g3(cols[0][v], cols[1][v]).into_iter().enumerate() {
+            for (v, (a, b)) in cols[0].into_iter().zip(cols[1]).enumerate() {
+                for (u_, e) in g3(a, b).into_iter().enumerate() {
                     put(3 * u_ + v, e);
                 }
             }
@@ -1600,12 +1599,19 @@ mod tests {
         assert_eq!(rows(tiles([2, 40, 40, 17], 4, 3, 1, 1)), [16, 16, 8]);
         assert_eq!(rows(tiles([1, 256, 40, 17], 3, 1, 1, 0)), [16, 16, 8]);
         assert_eq!(rows(tiles([1, 40, 81, 81], 3, 3, 2, 1)), [7, 7, 7, 7, 7, 6]);
+        on_one_and_many_threads(check_every_geometry);
+    }
+
+    /// Runs `check` on a pool of one thread and on one of 64, more threads than any test
+    /// geometry has tiles or blocks, so that both the parallel and the one-after-another paths
+    /// run on any machine.
+    fn on_one_and_many_threads(check: impl Fn() + Send + Sync) {
         for threads in [1, 64] {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(check_every_geometry);
+                .install(&check);
         }
     }
 
@@ -1658,39 +1664,33 @@ mod tests {
     /// (blocks in parallel) and on more threads than blocks (blocks one after another).
     #[test]
     fn winograd_matches_the_definition() {
-        for threads in [1, 64] {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    for &(shape, co, p) in &[
-                        ([2, 3, 9, 7], 4, 1),
-                        ([1, 5, 6, 5], 2, 0),
-                        ([1, 2, 3, 4], 3, 2),
-                        ([3, 4, 10, 12], 3, 1),
-                        ([1, 3, 2, 2], 2, 1),
-                        ([2, 2, 1, 1], 2, 1),
-                    ] {
-                        let g = ConvGeom::new(shape, co, 3, 1, p).unwrap();
-                        let x = values(g.b * g.ci * g.h * g.w, 4);
-                        let w = values(g.co * g.kk(), 5);
-                        let want = naive_forward(&x, &w, &g);
-                        let gr = values(g.b * g.co * g.ho * g.wo, 6);
-                        let dw_want = naive_weight_grad(&x, &gr, &g);
-                        for block_tiles in [1, 7, usize::MAX] {
-                            let y = conv_forward_winograd(&x, &w, &g, block_tiles);
-                            close(&y, &want, &format!("winograd {g:?}, {block_tiles} tiles"));
-                            let dw = conv_weight_grad_winograd(&x, &gr, &g, block_tiles);
-                            close(
-                                &dw,
-                                &dw_want,
-                                &format!("winograd dW {g:?}, {block_tiles} tiles"),
-                            );
-                        }
-                    }
-                });
-        }
+        on_one_and_many_threads(|| {
+            for &(shape, co, p) in &[
+                ([2, 3, 9, 7], 4, 1),
+                ([1, 5, 6, 5], 2, 0),
+                ([1, 2, 3, 4], 3, 2),
+                ([3, 4, 10, 12], 3, 1),
+                ([1, 3, 2, 2], 2, 1),
+                ([2, 2, 1, 1], 2, 1),
+            ] {
+                let g = ConvGeom::new(shape, co, 3, 1, p).unwrap();
+                let x = values(g.b * g.ci * g.h * g.w, 4);
+                let w = values(g.co * g.kk(), 5);
+                let want = naive_forward(&x, &w, &g);
+                let gr = values(g.b * g.co * g.ho * g.wo, 6);
+                let dw_want = naive_weight_grad(&x, &gr, &g);
+                for block_tiles in [1, 7, usize::MAX] {
+                    let y = conv_forward_winograd(&x, &w, &g, block_tiles);
+                    close(&y, &want, &format!("winograd {g:?}, {block_tiles} tiles"));
+                    let dw = conv_weight_grad_winograd(&x, &gr, &g, block_tiles);
+                    close(
+                        &dw,
+                        &dw_want,
+                        &format!("winograd dW {g:?}, {block_tiles} tiles"),
+                    );
+                }
+            }
+        });
     }
 
     /// The transposed convolution by phases against the generic path (checked above against
@@ -1699,35 +1699,29 @@ mod tests {
     /// on one thread and on more threads than blocks.
     #[test]
     fn transposed_winograd_matches_col2im() {
-        for threads in [1, 64] {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    for &(shape, co, p) in &[
-                        ([1, 3, 9, 9], 4, 0),
-                        ([2, 4, 10, 7], 3, 0),
-                        ([1, 2, 8, 8], 3, 1),
-                        ([2, 3, 7, 10], 2, 1),
-                        ([1, 2, 3, 3], 2, 0),
-                        ([1, 2, 2, 3], 2, 1),
-                    ] {
-                        let g = ConvGeom::new(shape, co, 3, 2, p).unwrap();
-                        let w = values(g.co * g.kk(), 7);
-                        let gr = values(g.b * g.co * g.ho * g.wo, 8);
-                        let want = conv_input_grad(&gr, &w, &g);
-                        for block_tiles in [1, 5, usize::MAX] {
-                            let dx = conv_transpose_winograd(&gr, &w, &g, block_tiles);
-                            close(
-                                &dx,
-                                &want,
-                                &format!("transposed {g:?}, {block_tiles} tiles"),
-                            );
-                        }
-                    }
-                });
-        }
+        on_one_and_many_threads(|| {
+            for &(shape, co, p) in &[
+                ([1, 3, 9, 9], 4, 0),
+                ([2, 4, 10, 7], 3, 0),
+                ([1, 2, 8, 8], 3, 1),
+                ([2, 3, 7, 10], 2, 1),
+                ([1, 2, 3, 3], 2, 0),
+                ([1, 2, 2, 3], 2, 1),
+            ] {
+                let g = ConvGeom::new(shape, co, 3, 2, p).unwrap();
+                let w = values(g.co * g.kk(), 7);
+                let gr = values(g.b * g.co * g.ho * g.wo, 8);
+                let want = conv_input_grad(&gr, &w, &g);
+                for block_tiles in [1, 5, usize::MAX] {
+                    let dx = conv_transpose_winograd(&gr, &w, &g, block_tiles);
+                    close(
+                        &dx,
+                        &want,
+                        &format!("transposed {g:?}, {block_tiles} tiles"),
+                    );
+                }
+            }
+        });
     }
 
     /// Full-size layers through the public entry points, Winograd against the direct paths
