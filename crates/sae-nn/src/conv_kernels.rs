@@ -1260,9 +1260,10 @@ fn winograd_block(g: &ConvGeom) -> usize {
     ((1usize << 16) / g.ci.max(g.co)).clamp(32, 1024)
 }
 
-/// Whether the Winograd paths are on: unless the environment sets `SAE_WINOGRAD` to `0`, `off`
-/// or `false` (read once), which runs every convolution as the direct GEMM (for comparisons, or
-/// for results that are bit-identical to builds before them; `docs/performance.md`).
+/// Whether the Winograd paths are on: unless the environment sets `SAE_WINOGRAD` to `0`, `off`,
+/// `false` or `no` (read once, [`winograd_setting`]), which runs every convolution as the
+/// direct GEMM (for comparisons, or for results that are bit-identical to builds before them;
+/// `docs/performance.md`).
 fn winograd_enabled() -> bool {
     #[cfg(test)]
     if tests::DIRECT_ONLY.get() {
