@@ -154,27 +154,56 @@ impl SendPtr {
 }
 
 std::thread_local! {
-    /// Each pool thread's column buffer, kept between calls: no allocation and no zeroing per
-    /// tile (every use overwrites the part it reads).
-    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's work buffers, lent by [`with_spare`].
+    static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most buffers a thread keeps between calls (nested calls may lend more for a while).
+const MAX_SPARE: usize = 4;
+
+/// Runs `f` with `N` buffers of at least the given lengths, lent by this thread and kept for
+/// its next call. Allocating them per call cost a zeroing pass and, for buffers of megabytes
+/// (the Winograd blocks), fresh pages and their faults every time: 4 % of a 128-px training
+/// step (`docs/performance.md`, sixth round). The contents are whatever an earlier call left:
+/// every caller writes what it reads. Re-entrant: a thread that waits for pool work runs other
+/// tasks, and a nested call there gets other buffers (new ones when none are spare).
+fn with_spare<const N: usize, R>(lens: [usize; N], f: impl FnOnce(&mut [Vec<f32>; N]) -> R) -> R {
+    let mut bufs: [Vec<f32>; N] = SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        std::array::from_fn(|_| s.pop().unwrap_or_default())
+    });
+    for (b, &n) in bufs.iter_mut().zip(&lens) {
+        if b.len() < n {
+            b.resize(n, 0.0);
+        }
+    }
+    let r = f(&mut bufs);
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        // Reversed, so that the next call's first buffer is this call's first (same role, no
+        // growth from roles trading places).
+        s.extend(bufs.into_iter().rev());
+        let extra = s.len().saturating_sub(MAX_SPARE);
+        s.drain(..extra);
+    });
+    r
 }
 
 /// Runs `f(columns, row_stride)` on the column matrix `[kk, (y1 − y0)·wo]` of rows
 /// `[y0, y1)` of one image `xb`: the image itself for a pointwise convolution (its rows of
-/// pixels, stride `ho·wo`), else this thread's buffer filled by [`im2col`]. `f` must not run
-/// pool work (its GEMM runs on the calling thread).
+/// pixels, stride `ho·wo`), else a buffer of this thread's ([`with_spare`]) filled by
+/// [`im2col`] on the calling thread.
 fn with_tile<R>(
     xb: &[f32],
     g: &ConvGeom,
     rows: (usize, usize),
     f: impl FnOnce(*const f32, usize) -> R,
 ) -> R {
-    COLUMNS.with(|cell| with_tile_in(xb, g, rows, &mut cell.borrow_mut(), false, f))
+    with_spare([0], |[col]| with_tile_in(xb, g, rows, col, false, f))
 }
 
-/// [`with_tile`] with a buffer of the caller's instead of the thread's: for a caller whose
-/// GEMM runs on the whole pool (a thread waiting in it may run other pool work that takes the
-/// thread's buffer), which then also fills the columns on the pool (`parallel`).
+/// [`with_tile`] with the caller's buffer, filled on the pool with `parallel` (for a caller
+/// whose GEMM then runs on the whole pool too).
 fn with_tile_in<R>(
     xb: &[f32],
     g: &ConvGeom,
@@ -721,21 +750,17 @@ fn winograd_run(
             (0..mc).for_each(|c| output(&mut scratch, c));
         }
     };
-    let buffers = || {
-        (
-            vec![0.0f32; points * kc * tb],
-            vec![0.0f32; points * mc * tb],
-        )
-    };
+    let lens = [points * kc * tb, points * mc * tb];
     if blocks.len() >= rayon::current_num_threads() {
         blocks
             .par_iter()
-            .for_each_init(buffers, |(v, m), &blk| run_block(blk, v, m, false));
+            .for_each(|&blk| with_spare(lens, |[v, m]| run_block(blk, v, m, false)));
     } else {
-        let (mut v, mut m) = buffers();
-        for &blk in blocks {
-            run_block(blk, &mut v, &mut m, true);
-        }
+        with_spare(lens, |[v, m]| {
+            for &blk in blocks {
+                run_block(blk, v, m, true);
+            }
+        });
     }
 }
 
@@ -893,42 +918,40 @@ fn conv_weight_grad_winograd(
             .par_chunks(per_chunk)
             .map(|chunk| {
                 let mut acc = vec![0.0f32; size];
-                let (mut v, mut gm) = (vec![0.0f32; 16 * ci * tb], vec![0.0f32; 16 * co * tb]);
-                for &blk in chunk {
-                    transforms(blk, &mut v, &mut gm, false);
-                    for xi in 0..16 {
-                        product(xi, blk.tiles(tw), gm.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+                with_spare([16 * ci * tb, 16 * co * tb], |[v, gm]| {
+                    for &blk in chunk {
+                        transforms(blk, v, gm, false);
+                        for xi in 0..16 {
+                            product(xi, blk.tiles(tw), gm.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+                        }
                     }
-                }
+                });
                 acc
             })
             .collect()
     } else {
-        let (mut v, mut gm) = (vec![0.0f32; 16 * ci * tb], vec![0.0f32; 16 * co * tb]);
-        blocks
-            .chunks(per_chunk)
-            .map(|chunk| {
-                let mut acc = vec![0.0f32; size];
-                for &blk in chunk {
-                    transforms(blk, &mut v, &mut gm, true);
-                    let (vp, gp, ap) = (
-                        SendPtr(v.as_mut_ptr()),
-                        SendPtr(gm.as_mut_ptr()),
-                        SendPtr(acc.as_mut_ptr()),
-                    );
-                    (0..16)
-                        .into_par_iter()
-                        .for_each(|xi| product(xi, blk.tiles(tw), gp.get(), vp.get(), ap.get()));
-                }
-                acc
-            })
-            .collect()
+        with_spare([16 * ci * tb, 16 * co * tb], |[v, gm]| {
+            blocks
+                .chunks(per_chunk)
+                .map(|chunk| {
+                    let mut acc = vec![0.0f32; size];
+                    for &blk in chunk {
+                        transforms(blk, v, gm, true);
+                        let (vp, gp, ap) = (
+                            SendPtr(v.as_mut_ptr()),
+                            SendPtr(gm.as_mut_ptr()),
+                            SendPtr(acc.as_mut_ptr()),
+                        );
+                        (0..16).into_par_iter().for_each(|xi| {
+                            product(xi, blk.tiles(tw), gp.get(), vp.get(), ap.get())
+                        });
+                    }
+                    acc
+                })
+                .collect()
+        })
     };
-    let mut partial = partial.into_iter();
-    let mut du = partial.next().unwrap_or_else(|| vec![0.0; size]);
-    for p in partial {
-        du.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
+    let du = sum_in_order(partial, size);
     // dW = Gᵀ · dU · G, Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]].
     let n = co * ci;
     let mut dw = vec![0.0f32; n * 9];
@@ -1214,7 +1237,7 @@ fn conv_transpose_winograd(
     let (blocks, tb) = winograd_blocks(g.b * th, tw, block_tiles);
     // Zeroed: output pixels past the last tile's padded rows and columns are never written (a
     // pad-1 geometry's last row and column when the input size is even).
-    let mut out = vec![0.0f32; g.b * g.ci * g.h * g.w];
+    let mut out = zeros_on_pool(g.b * g.ci * g.h * g.w);
     let dst = SendPtr(out.as_mut_ptr());
     let (ci, co) = (g.ci, g.co);
     // The kernel point of each of the 25 input points (transpose_input_channel).
@@ -1329,17 +1352,11 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
     if tiles.len() < rayon::current_num_threads() {
         // Fewer tiles than threads (a small plane at batch 1): the tiles one after another,
         // each im2col and GEMM on the whole pool.
-        let mut col = Vec::new();
-        for &(b, y0, y1) in &tiles {
-            with_tile_in(
-                image(b),
-                g,
-                (y0, y1),
-                &mut col,
-                true,
-                run((b, y0, y1), true),
-            );
-        }
+        with_spare([0], |[col]| {
+            for &(b, y0, y1) in &tiles {
+                with_tile_in(image(b), g, (y0, y1), col, true, run((b, y0, y1), true));
+            }
+        });
     } else {
         tiles.par_iter().for_each(|&(b, y0, y1)| {
             with_tile(image(b), g, (y0, y1), run((b, y0, y1), false));
@@ -1397,12 +1414,45 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
             acc
         })
         .collect();
+    sum_in_order(partial, size)
+}
+
+/// Elements per task of the element-wise passes below.
+const CHUNK: usize = 1 << 14;
+
+/// `partial[0] + partial[1] + …` element by element, added in that order: the same float sums
+/// as one loop over the partials (so the same bits on every run), split by element over the
+/// pool. On one thread, the sum of a weight gradient's 16 partials was 0.5 % of a 128-px
+/// training step (`docs/performance.md`, sixth round).
+fn sum_in_order(partial: Vec<Vec<f32>>, size: usize) -> Vec<f32> {
     let mut partial = partial.into_iter();
     let mut sum = partial.next().unwrap_or_else(|| vec![0.0; size]);
-    for p in partial {
-        sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    let rest: Vec<Vec<f32>> = partial.collect();
+    if !rest.is_empty() {
+        sum.par_chunks_mut(CHUNK).enumerate().for_each(|(i, s)| {
+            for p in &rest {
+                s.iter_mut().zip(&p[i * CHUNK..]).for_each(|(a, b)| *a += b);
+            }
+        });
     }
     sum
+}
+
+/// `len` zeros, written on the pool: for outputs that are then added into, where `vec![0.0;
+/// len]` zeroed them on one thread (1 % of a 128-px training step, `docs/performance.md`, sixth
+/// round).
+fn zeros_on_pool(len: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| {
+            c.iter_mut().for_each(|x| {
+                x.write(0.0);
+            })
+        });
+    // SAFETY: every element up to len was written above.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// The gradient of `conv2d(x, weight)` with respect to `x` (= `conv_transpose2d(grad, weight)`
@@ -1418,15 +1468,19 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
     if g.stride == 1 && g.pad < k {
         // A stride-1 convolution's adjoint is the convolution with the kernel flipped in space,
         // input and output channels swapped, and padding k − 1 − p: one fast forward pass.
+        // By input channel on the pool (each writes its own rows): on one thread this was
+        // 0.5 % of a 128-px training step.
         let mut flipped = vec![0.0f32; weight.len()];
-        for o in 0..g.co {
-            for c in 0..g.ci {
-                for t in 0..k * k {
-                    flipped[((c * g.co + o) * k * k) + (k * k - 1 - t)] =
-                        weight[(o * g.ci + c) * k * k + t];
+        flipped
+            .par_chunks_mut(g.co * k * k)
+            .enumerate()
+            .for_each(|(c, rows)| {
+                for o in 0..g.co {
+                    for t in 0..k * k {
+                        rows[o * k * k + (k * k - 1 - t)] = weight[(o * g.ci + c) * k * k + t];
+                    }
                 }
-            }
-        }
+            });
         let adjoint = ConvGeom {
             b: g.b,
             ci: g.co,
@@ -1444,7 +1498,7 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
     if transpose_winograd_applies(g) && winograd_enabled() {
         return conv_transpose_winograd(grad, weight, g, winograd_block(g));
     }
-    let mut out = vec![0.0f32; g.b * plane_in];
+    let mut out = zeros_on_pool(g.b * plane_in);
     let r = g.rows_per_tile();
     // One image: dcol = Wᵀ · g_b[:, tile], then col2im into that image's gradient.
     let image = |b: usize, xb: &mut [f32], col: &mut Vec<f32>, parallel: bool| {
@@ -1474,16 +1528,16 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
     };
     if g.b < rayon::current_num_threads() {
         // Fewer images than threads (the generator's upsampling at batch 1): the images one
-        // after another, each GEMM and col2im on the whole pool. (No thread-local buffer
-        // here: a thread waiting in the GEMM may run other pool work.)
-        let mut col = Vec::new();
-        for (b, xb) in out.chunks_mut(plane_in).enumerate() {
-            image(b, xb, &mut col, true);
-        }
+        // after another, each GEMM and col2im on the whole pool.
+        with_spare([0], |[col]| {
+            for (b, xb) in out.chunks_mut(plane_in).enumerate() {
+                image(b, xb, col, true);
+            }
+        });
     } else {
         out.par_chunks_mut(plane_in)
             .enumerate()
-            .for_each_init(Vec::new, |col, (b, xb)| image(b, xb, col, false));
+            .for_each(|(b, xb)| with_spare([0], |[col]| image(b, xb, col, false)));
     }
     out
 }
@@ -1803,6 +1857,49 @@ mod tests {
         for on in ["", "1", "On", "true", "yes", "2", "maybe"] {
             assert!(winograd_setting(Some(OsStr::new(on))), "{on}");
         }
+    }
+
+    /// The lent buffers: at least the lengths asked for, distinct within a call and in a
+    /// nested call, the same memory again on the next call, and no more than `MAX_SPARE` kept.
+    #[test]
+    fn spare_buffers_are_lent_reused_and_bounded() {
+        let (outer, inner) = with_spare([100, 7], |[a, b]| {
+            assert!(a.len() >= 100 && b.len() >= 7);
+            assert_ne!(a.as_ptr(), b.as_ptr());
+            a[99] = 5.0;
+            let inner = with_spare([3, 3, 3, 3, 3], |bufs| {
+                assert!(bufs.iter().all(|v| v.len() >= 3));
+                assert!(bufs.iter().all(|v| v.as_ptr() != a.as_ptr()));
+                bufs[0].as_ptr()
+            });
+            (a.as_ptr(), inner)
+        });
+        assert_ne!(outer, inner);
+        with_spare([100], |[a]| {
+            assert_eq!(a.as_ptr(), outer, "the first buffer keeps its role");
+            assert_eq!(a[99], 5.0, "contents are left as they were");
+        });
+        assert!(SPARE.with(|s| s.borrow().len()) <= MAX_SPARE);
+    }
+
+    /// The pool versions of two loops give the same bits as the loops.
+    #[test]
+    fn partial_sums_and_zeros_on_the_pool_match_the_loops() {
+        let size = 3 * CHUNK + 5;
+        let partial: Vec<Vec<f32>> = (0..5).map(|i| values(size, 10 + i)).collect();
+        let mut want = partial[0].clone();
+        for p in &partial[1..] {
+            want.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        let got = sum_in_order(partial, size);
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        assert_eq!(sum_in_order(Vec::new(), 4), [0.0; 4]);
+        assert!(zeros_on_pool(size).iter().all(|v| v.to_bits() == 0));
+        assert!(zeros_on_pool(0).is_empty());
     }
 
     #[test]

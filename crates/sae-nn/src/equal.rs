@@ -244,7 +244,12 @@ impl EqualLinear {
     pub fn forward_taped(&self, x: Tensor<2>) -> (Tensor<2>, Option<Tensor<2>>) {
         check_channels("EqualLinear", "x", &x.dims(), self.in_features());
         let w = self.weight.val() * self.scale;
-        self.finish(x.matmul(w.transpose()))
+        // `(W·xᵀ)ᵀ` rather than `x·Wᵀ`: the same products, but autodiff then returns the
+        // weight's gradient as `gᵀ·x`, contiguous `[out, in]`. From `x·Wᵀ` it is `(xᵀ·g)ᵀ`, a
+        // transposed view, whose scaling by `scale` Flex then runs as a strided gather on one
+        // thread: 9 % of a 128-px training step with its 8192 → 512 final linear layer
+        // (`docs/performance.md`, sixth round).
+        self.finish(w.matmul(x.transpose()).transpose())
     }
 
     /// The input vector-Jacobian product of [`EqualLinear::forward`]: through the activation
