@@ -34,6 +34,10 @@
 
 use rayon::prelude::*;
 
+// Elements per task of the element-wise passes (`sum_in_order`, `zeros_on_pool`), as in the
+// other kernels on Flex tensors.
+use crate::flex_data::CHUNK;
+
 /// The fewest output pixels (GEMM columns) per tile where the plane has them. Every tile
 /// streams the whole weight matrix through the GEMM (9.4 MB at 512 channels, 3×3): with tiles
 /// of one output row, a 32-px plane gave 32 columns per pass and a 16-px plane 16, and those
@@ -1416,9 +1420,6 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
         .collect();
     sum_in_order(partial, size)
 }
-
-/// Elements per task of the element-wise passes below.
-const CHUNK: usize = 1 << 14;
 
 /// `partial[0] + partial[1] + …` element by element, added in that order: the same float sums
 /// as one loop over the partials (so the same bits on every run), split by element over the

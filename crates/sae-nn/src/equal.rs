@@ -247,8 +247,8 @@ impl EqualLinear {
         // `(W·xᵀ)ᵀ` rather than `x·Wᵀ`: the same products, but autodiff then returns the
         // weight's gradient as `gᵀ·x`, contiguous `[out, in]`. From `x·Wᵀ` it is `(xᵀ·g)ᵀ`, a
         // transposed view, whose scaling by `scale` Flex then runs as a strided gather on one
-        // thread: 9 % of a 128-px training step with its 8192 → 512 final linear layer
-        // (`docs/performance.md`, sixth round).
+        // thread: 5.7 % of a 128-px training profile's samples, mostly D's 8192 → 512 final
+        // linear layer (`docs/performance.md`, sixth round).
         self.finish(w.matmul(x.transpose()).transpose())
     }
 
