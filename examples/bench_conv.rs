@@ -1,6 +1,9 @@
 //! Flex's own convolution against ours (`sae::nn::EqualConv2d`, whose convolution runs
 //! `sae-nn`'s kernels on Flex) at the small models' shapes: forward, and forward + backward to the
-//! input and the weight. Prints one table of medians and GFLOP/s (`docs/performance.md`).
+//! input and the weight. Prints one table of medians and GFLOP/s (`docs/performance.md`), then one
+//! of the blurs: Flex's depthwise convolution against `sae::nn::Blur` (our depthwise FIR kernel on
+//! Flex), forward, and forward plus the input gradient (the reversed kernel, as the blur's
+//! backward pass and R1's input VJP compute it).
 //!
 //! `cargo run --release --example bench_conv [-- REPEATS [CASE ...]]` (cases by row number, from 1)
 //!
@@ -15,7 +18,7 @@ use std::time::Instant;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use sae::nn::{EqualConv2d, EqualConv2dConfig};
+use sae::nn::{BlurConfig, EqualConv2d, EqualConv2dConfig, FirKernel};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -91,6 +94,49 @@ fn run(case: Case, repeats: usize) {
     );
 }
 
+/// `(batch, channels, input size, pad before, pad after)` of a `[1, 3, 3, 1]` blur.
+type BlurCase = (usize, usize, usize, usize, usize);
+
+fn run_blur((batch, c, size, p0, p1): BlurCase, repeats: usize) {
+    let device = Device::default();
+    let kernel = FirKernel::new(&[1.0, 3.0, 3.0, 1.0]);
+    let blur = BlurConfig::new(kernel.taps.clone(), [p0 as i64, p1 as i64]).init(&device);
+    let out = size + p0 + p1 - 3;
+    let x = Tensor::<4>::random(
+        [batch, c, size, size],
+        Distribution::Normal(0., 1.),
+        &device,
+    );
+    let g = Tensor::<4>::random([batch, c, out, out], Distribution::Normal(0., 1.), &device);
+    // Flex's depthwise convolution with the same (flipped) kernel and padding; the input
+    // gradient is the reversed kernel with the complementary padding (`Blur::input_vjp`).
+    let flex = |x: Tensor<4>, kernel: &FirKernel, [q0, q1]: [usize; 2]| {
+        let w = kernel.depthwise_weight(c, &device);
+        let opts = ConvOptions::new_with_padding([1, 1], [(q0, q1), (q0, q1)], [1, 1], c);
+        conv2d(x, w, None, opts)
+    };
+    let (reversed, adjoint) = (kernel.reversed(), [3 - p0, 3 - p1]);
+    let flex_fwd = time(repeats, || {
+        let _ = flex(x.clone(), &kernel, [p0, p1]).into_data();
+    });
+    let ours_fwd = time(repeats, || {
+        let _ = blur.forward(x.clone()).into_data();
+    });
+    let flex_both = time(repeats, || {
+        let _ = flex(x.clone(), &kernel, [p0, p1]).into_data();
+        let _ = flex(g.clone(), &reversed, adjoint).into_data();
+    });
+    let ours_both = time(repeats, || {
+        let _ = blur.forward(x.clone()).into_data();
+        let _ = blur.input_vjp(g.clone()).into_data();
+    });
+    println!(
+        "| {batch}×{c}, {size}², pad ({p0}, {p1}) | {flex_fwd:.2} ms | {ours_fwd:.2} ms | **{:.2}** | {flex_both:.2} ms | {ours_both:.2} ms | **{:.2}** |",
+        ours_fwd / flex_fwd,
+        ours_both / flex_both,
+    );
+}
+
 fn main() {
     sae::model::device::keep_freed_memory();
     let usage = || -> ! {
@@ -141,13 +187,39 @@ fn main() {
         (1, 256, 256, 128, 3, 1, 1),
         (1, 128, 128, 256, 3, 1, 1),
     ];
-    if let Some(&i) = only.iter().find(|&&i| i > cases.len()) {
-        eprintln!("bench_conv: CASE {i}: there are {} cases", cases.len());
+    // The blurs, numbered on after the convolutions.
+    let blurs: [BlurCase; 5] = [
+        // cfg128's D and E: the blur before a stride-2 3×3 conv (pad 2, 2) and before the
+        // strided 1×1 skip (pad 1, 1) ...
+        (12, 32, 128, 2, 2),
+        (12, 64, 64, 1, 1),
+        // ... cfg128's generator: the blur after the upsampling transposed conv (pad 1, 1) ...
+        (4, 64, 129, 1, 1),
+        // ... a 4-px plane (the last D blocks), and church-256's generator at batch 1.
+        (12, 256, 4, 2, 2),
+        (1, 128, 257, 1, 1),
+    ];
+    if let Some(&i) = only.iter().find(|&&i| i > cases.len() + blurs.len()) {
+        eprintln!(
+            "bench_conv: CASE {i}: there are {} cases",
+            cases.len() + blurs.len()
+        );
         std::process::exit(2)
     }
     for (i, case) in cases.into_iter().enumerate() {
         if only.is_empty() || only.contains(&(i + 1)) {
             run(case, repeats);
+        }
+    }
+    if only.is_empty() || only.iter().any(|&i| i > cases.len()) {
+        println!(
+            "\n| blur [1, 3, 3, 1] (batch×channels, size, pad) | Flex fwd | ours fwd | ours / Flex | Flex fwd + input grad | ours fwd + input grad | ours / Flex |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+    }
+    for (i, case) in blurs.into_iter().enumerate() {
+        if only.is_empty() || only.contains(&(cases.len() + i + 1)) {
+            run_blur(case, repeats);
         }
     }
 }

@@ -171,7 +171,10 @@ const MAX_SPARE: usize = 4;
 /// step (`docs/performance.md`, sixth round). The contents are whatever an earlier call left:
 /// every caller writes what it reads. Re-entrant: a thread that waits for pool work runs other
 /// tasks, and a nested call there gets other buffers (new ones when none are spare).
-fn with_spare<const N: usize, R>(lens: [usize; N], f: impl FnOnce(&mut [Vec<f32>; N]) -> R) -> R {
+pub(crate) fn with_spare<const N: usize, R>(
+    lens: [usize; N],
+    f: impl FnOnce(&mut [Vec<f32>; N]) -> R,
+) -> R {
     let mut bufs: [Vec<f32>; N] = SPARE.with(|s| {
         let mut s = s.borrow_mut();
         std::array::from_fn(|_| s.pop().unwrap_or_default())

@@ -1,16 +1,16 @@
-//! The stride-1 depthwise FIR filter as one backend operation with its own backward pass.
+//! The stride-1 depthwise FIR filter as one backend operation with its own backward pass, and on
+//! Flex our own kernel for it.
 //!
-//! Every blur of the networks is a depthwise convolution with a fixed kernel. Its forward pass
-//! is cheap on every backend (Flex has a direct depthwise kernel), but Burn derives the input
-//! gradient of any convolution as a transposed convolution, which Flex runs as one small GEMM
-//! plus col2im per channel: measured at about 10× the forward on a 64-channel blur
+//! Every blur of the networks is a depthwise convolution with a fixed kernel. Burn derives the
+//! input gradient of any convolution as a transposed convolution, which Flex runs as one small
+//! GEMM plus col2im per channel: measured at about 10× the forward on a 64-channel blur
 //! (`docs/performance.md`). The adjoint of a stride-1 FIR filter is the same filter reversed
-//! with the complementary padding (see [`crate::Blur::input_vjp`]), i.e. again a cheap
-//! depthwise convolution, so this operation registers exactly that as its backward pass.
+//! with the complementary padding (see [`crate::Blur::input_vjp`]), i.e. again a depthwise
+//! convolution, so this operation registers exactly that as its backward pass.
 //!
-//! The forward pass is Burn's own `conv2d` on every backend; only the autodiff backward differs,
-//! and it computes the same numbers (a convolution of the output gradient with the reversed
-//! taps), up to the order of float summation.
+//! The forward pass is Burn's own `conv2d` on every backend but Flex, where it is the kernel of
+//! the `flex` module below; the autodiff backward is the same operation with the reversed taps.
+//! Both compute the convolution's numbers up to the order of float summation.
 
 // The ndarray backend is deprecated upstream but still ours for the parity tests; the extension
 // must route it like every compiled-in backend.
@@ -29,6 +29,17 @@ use burn::tensor::ops::ConvOptions;
 fn depthwise_options(channels: usize, pad: [usize; 2]) -> ConvOptions<2> {
     let p = (pad[0], pad[1]);
     ConvOptions::new_with_padding([1, 1], [p, p], [1, 1], channels)
+}
+
+/// The depthwise convolution through Burn's `conv2d` (every backend but Flex, and Flex's
+/// fallback for what its kernel does not take).
+fn default_fir_depthwise<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    pad: [usize; 2],
+) -> FloatTensor<B> {
+    let channels = weight.shape()[0];
+    B::conv2d(x, weight, None, depthwise_options(channels, pad))
 }
 
 /// Backend operation: a stride-1 depthwise convolution with a constant kernel whose autodiff
@@ -50,13 +61,317 @@ pub trait FirBackend: Backend {
         pad1: usize,
     ) -> FloatTensor<Self> {
         let _ = reversed;
-        let channels = weight.shape()[0];
-        Self::conv2d(x, weight, None, depthwise_options(channels, [pad0, pad1]))
+        default_fir_depthwise::<Self>(x, weight, [pad0, pad1])
     }
 }
 
 #[cfg(feature = "flex")]
-impl FirBackend for burn::backend::Flex {}
+mod flex {
+    //! Our own stride-1 depthwise kernel on contiguous `f32` data. Flex runs a depthwise
+    //! convolution through its general 3-D convolution routine (`conv3d_f32`), whose fixed
+    //! cost per call dominates at the small models' 4–32-px planes (`docs/performance.md`,
+    //! seventh round). Here each plane is copied into a zero-bordered buffer and every output
+    //! is `k²` multiply-adds from it, eight outputs at a time in registers, with the planes
+    //! split over the pool.
+    use super::*;
+    use crate::conv_kernels::with_spare;
+    use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
+    use rayon::prelude::*;
+
+    impl FirBackend for Flex {
+        fn fir_depthwise(
+            x: FlexTensor,
+            weight: FlexTensor,
+            reversed: FlexTensor,
+            pad0: usize,
+            pad1: usize,
+        ) -> FlexTensor {
+            let (xs, ws) = (x.shape(), weight.shape());
+            let k = ws[2];
+            // Anything else (another rank, an empty input, a pad past the kernel) takes
+            // Flex's convolution, which reports it as Burn does.
+            let fits = xs.num_dims() == 4
+                && xs.iter().all(|&d| d > 0)
+                && ws.num_dims() == 4
+                && ws[0] == xs[1]
+                && ws[1] == 1
+                && ws[3] == k
+                && pad0 < k
+                && pad1 < k
+                && xs[2] + pad0 + pad1 >= k
+                && xs[3] + pad0 + pad1 >= k;
+            let (true, Some(xc), Some(wc)) = (fits, contiguous_f32(&x), contiguous_f32(&weight))
+            else {
+                let _ = reversed;
+                return default_fir_depthwise::<Flex>(x, weight, [pad0, pad1]);
+            };
+            let [b, c, h, w] = [xs[0], xs[1], xs[2], xs[3]];
+            let (ho, wo) = (h + pad0 + pad1 + 1 - k, w + pad0 + pad1 + 1 - k);
+            let out = depthwise(values(&xc), values(&wc), [b, c, h, w], k, pad0, [ho, wo]);
+            from_values(out, [b, c, ho, wo])
+        }
+    }
+
+    /// `out[n, ch, oy, ox] = Σ_{i, j < k} wt[ch, i, j] · x[n, ch, oy + i − p0, ox + j − p0]`,
+    /// zero outside the input (Burn's cross-correlation with padding `p0` before; the output
+    /// size carries the padding after). Each output is one fixed sum (separable kernels: a row
+    /// pass then a column pass, taps in order; others: the taps in `(i, j)` order), the same on
+    /// every run and thread count.
+    pub(super) fn depthwise(
+        x: &[f32],
+        wt: &[f32],
+        [b, c, h, w]: [usize; 4],
+        k: usize,
+        p0: usize,
+        [ho, wo]: [usize; 2],
+    ) -> Vec<f32> {
+        let len = b * c * ho * wo;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        if len == 0 {
+            return out;
+        }
+        // Each plane is copied into a zero-bordered buffer first, so that the inner loops have
+        // no bounds: `ho + k − 1` rows of `wo + k − 1`. Separable kernels (every blur's) run as
+        // a row pass and a column pass, `2k` products per output instead of `k²`.
+        let (ph, pw) = (ho + k - 1, wo + k - 1);
+        let planes_per_task = CHUNK.div_ceil(ho * wo).max(1);
+        let factors: Vec<Option<Separable>> = wt
+            .chunks(k * k)
+            .map(|taps| Separable::of(taps, k))
+            .collect();
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(planes_per_task * ho * wo)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                // A kept buffer of this thread's (a fresh one per task cost page faults at
+                // 257-px planes); its border is zeroed once, the planes overwrite the inside.
+                with_spare([ph * pw, ph * wo], |[padded, rows]| {
+                    let padded = &mut padded[..ph * pw];
+                    padded.fill(0.0);
+                    for (j, plane) in chunk.chunks_mut(ho * wo).enumerate() {
+                        let p = task * planes_per_task + j;
+                        let src = &x[p * h * w..][..h * w];
+                        for (row, line) in padded[p0 * pw..].chunks_mut(pw).zip(src.chunks(w)) {
+                            row[p0..p0 + w].copy_from_slice(line);
+                        }
+                        match &factors[p % c] {
+                            Some(f) => f.filter(padded, pw, &mut rows[..ph * wo], plane, wo),
+                            None => {
+                                filter(padded, pw, &wt[(p % c) * k * k..][..k * k], k, plane, wo)
+                            }
+                        }
+                    }
+                });
+            });
+        // SAFETY: the tasks cover all len elements, each written above.
+        unsafe { out.set_len(len) };
+        out
+    }
+
+    /// Whether `taps` take the separable path (for the tests).
+    #[cfg(test)]
+    pub(super) fn separable(taps: &[f32], k: usize) -> bool {
+        Separable::of(taps, k).is_some()
+    }
+
+    /// A kernel `w[i, j] = col[i] · row[j]`: every blur's (`outer(t, t)`, scaled).
+    struct Separable {
+        col: Vec<f32>,
+        row: Vec<f32>,
+    }
+
+    impl Separable {
+        /// The factors of `taps` (`[k, k]`) where their products give back every tap to within
+        /// 2⁻²¹ of the largest (f32 rounding of the division below; the blurs' taps factor
+        /// exactly or within one rounding), else `None`.
+        fn of(taps: &[f32], k: usize) -> Option<Self> {
+            let (big, &pivot) = taps
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))?;
+            if pivot == 0.0 || !pivot.is_finite() {
+                return None;
+            }
+            let (bi, bj) = (big / k, big % k);
+            let col: Vec<f32> = (0..k).map(|i| taps[i * k + bj]).collect();
+            let row: Vec<f32> = (0..k).map(|j| taps[bi * k + j] / pivot).collect();
+            let tol = pivot.abs() * f32::EPSILON * 4.0;
+            let exact = (0..k * k).all(|t| (col[t / k] * row[t % k] - taps[t]).abs() <= tol);
+            exact.then_some(Self { col, row })
+        }
+
+        /// One plane: the row pass into `rows` (`[ph, wo]`), then the column pass into `out`.
+        fn filter(
+            &self,
+            padded: &[f32],
+            pw: usize,
+            rows: &mut [f32],
+            out: &mut [std::mem::MaybeUninit<f32>],
+            wo: usize,
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                /// The same passes compiled 8-wide (the crate builds for baseline x86-64,
+                /// 4-wide): the same bits, as there are no fused multiply-adds either way.
+                #[target_feature(enable = "avx2")]
+                fn wide(
+                    s: &Separable,
+                    padded: &[f32],
+                    pw: usize,
+                    rows: &mut [f32],
+                    out: &mut [std::mem::MaybeUninit<f32>],
+                    wo: usize,
+                ) {
+                    s.passes(padded, pw, rows, out, wo)
+                }
+                // SAFETY: the CPU has AVX2.
+                return unsafe { wide(self, padded, pw, rows, out, wo) };
+            }
+            self.passes(padded, pw, rows, out, wo)
+        }
+
+        #[inline(always)]
+        fn passes(
+            &self,
+            padded: &[f32],
+            pw: usize,
+            rows: &mut [f32],
+            out: &mut [std::mem::MaybeUninit<f32>],
+            wo: usize,
+        ) {
+            let k = self.row.len();
+            if k == 4 {
+                let (r, c) = (self.row[..4].try_into(), self.col[..4].try_into());
+                let (Ok(r), Ok(c)) = (r, c) else {
+                    unreachable!()
+                };
+                return separable_passes::<4>(&r, &c, padded, pw, rows, out, wo);
+            }
+            for (line, h) in padded.chunks(pw).zip(rows.chunks_mut(wo)) {
+                for (ox, h) in h.iter_mut().enumerate() {
+                    let mut acc = 0.0f32;
+                    for (t, v) in self.row.iter().zip(&line[ox..]) {
+                        acc += t * v;
+                    }
+                    *h = acc;
+                }
+            }
+            for (oy, o) in out.chunks_mut(wo).enumerate() {
+                for (ox, o) in o.iter_mut().enumerate() {
+                    let mut acc = 0.0f32;
+                    for (i, t) in self.col.iter().enumerate() {
+                        acc += t * rows[(oy + i) * wo + ox];
+                    }
+                    o.write(acc);
+                }
+            }
+        }
+    }
+
+    /// [`Separable::passes`] for a constant side `K`: each pass a loop over contiguous
+    /// outputs with the taps unrolled, which the compiler vectorises without shuffles.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    fn separable_passes<const K: usize>(
+        row: &[f32; K],
+        col: &[f32; K],
+        padded: &[f32],
+        pw: usize,
+        rows: &mut [f32],
+        out: &mut [std::mem::MaybeUninit<f32>],
+        wo: usize,
+    ) {
+        for (line, h) in padded.chunks(pw).zip(rows.chunks_mut(wo)) {
+            let line = &line[..wo + K - 1];
+            for ox in 0..wo {
+                let mut acc = row[0] * line[ox];
+                for j in 1..K {
+                    acc += row[j] * line[ox + j];
+                }
+                h[ox] = acc;
+            }
+        }
+        for (oy, o) in out.chunks_mut(wo).enumerate() {
+            let src: [&[f32]; K] = std::array::from_fn(|i| &rows[(oy + i) * wo..][..wo]);
+            for ox in 0..wo {
+                let mut acc = col[0] * src[0][ox];
+                for i in 1..K {
+                    acc += col[i] * src[i][ox];
+                }
+                o[ox].write(acc);
+            }
+        }
+    }
+
+    /// [`filter_plane`] with the common kernel sides as constants (their loops unrolled), the
+    /// others with the side at run time.
+    fn filter(
+        padded: &[f32],
+        pw: usize,
+        taps: &[f32],
+        k: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+        wo: usize,
+    ) {
+        match k {
+            4 => filter_plane::<4>(padded, pw, taps, 4, out, wo),
+            3 => filter_plane::<3>(padded, pw, taps, 3, out, wo),
+            _ => filter_plane::<0>(padded, pw, taps, k, out, wo),
+        }
+    }
+
+    /// One plane: `out[oy, ox] = Σ_{i, j < k} taps[i, j] · padded[oy + i, ox + j]`, eight
+    /// outputs at a time in registers. `K` is the side where it is a constant, else 0 and `k`
+    /// gives it.
+    #[inline(always)]
+    fn filter_plane<const K: usize>(
+        padded: &[f32],
+        pw: usize,
+        taps: &[f32],
+        k: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+        wo: usize,
+    ) {
+        let k = if K > 0 { K } else { k };
+        const L: usize = 8;
+        for (oy, row) in out.chunks_mut(wo).enumerate() {
+            let src = &padded[oy * pw..];
+            let mut blocks = row.chunks_exact_mut(L);
+            let mut ox = 0;
+            for block in &mut blocks {
+                let mut acc = [0.0f32; L];
+                for i in 0..k {
+                    let line = &src[i * pw + ox..];
+                    for j in 0..k {
+                        let t = taps[i * k + j];
+                        // A fixed-size window: two 4-wide (or one 8-wide) loads per tap, no
+                        // shuffles (indexing the line by j + l made the compiler build the
+                        // windows lane by lane).
+                        let window: &[f32; L] = line[j..j + L].try_into().expect("8 lanes");
+                        for (a, v) in acc.iter_mut().zip(window) {
+                            *a += t * v;
+                        }
+                    }
+                }
+                for (o, a) in block.iter_mut().zip(acc) {
+                    o.write(a);
+                }
+                ox += L;
+            }
+            for (d, o) in blocks.into_remainder().iter_mut().enumerate() {
+                let mut acc = 0.0f32;
+                for i in 0..k {
+                    for j in 0..k {
+                        acc += taps[i * k + j] * src[i * pw + ox + d + j];
+                    }
+                }
+                o.write(acc);
+            }
+        }
+    }
+}
 crate::composition_on_other_backends!(FirBackend);
 
 impl<B: FirBackend, C: CheckpointStrategy> FirBackend for Autodiff<B, C> {
@@ -70,7 +385,7 @@ impl<B: FirBackend, C: CheckpointStrategy> FirBackend for Autodiff<B, C> {
         #[derive(Debug)]
         struct FirBackward;
 
-        impl<B: Backend> Backward<B, 1> for FirBackward {
+        impl<B: FirBackend> Backward<B, 1> for FirBackward {
             /// The reversed kernel and the adjoint's padding.
             type State = (FloatTensor<B>, [usize; 2]);
 
@@ -80,10 +395,11 @@ impl<B: FirBackend, C: CheckpointStrategy> FirBackend for Autodiff<B, C> {
                 grads: &mut Gradients,
                 _: &mut Checkpointer,
             ) {
+                // The adjoint is the same operation with the reversed kernel (whose own
+                // reverse, the third argument, no backward pass of this one reads).
                 let (reversed, pad) = ops.state;
-                let channels = reversed.shape()[0];
                 unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    B::conv2d(g, reversed, None, depthwise_options(channels, pad))
+                    B::fir_depthwise(g, reversed.clone(), reversed, pad[0], pad[1])
                 });
             }
         }
@@ -133,4 +449,104 @@ pub(crate) fn fir_depthwise(
         pad[0],
         pad[1],
     ))
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::flex::depthwise;
+
+    /// The definition, one output at a time, in f64.
+    fn naive(
+        x: &[f32],
+        wt: &[f32],
+        [b, c, h, w]: [usize; 4],
+        k: usize,
+        p0: usize,
+        [ho, wo]: [usize; 2],
+    ) -> Vec<f64> {
+        let mut out = vec![0.0f64; b * c * ho * wo];
+        for p in 0..b * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = 0.0f64;
+                    for i in 0..k {
+                        for j in 0..k {
+                            let (iy, ix) = (
+                                (oy + i) as isize - p0 as isize,
+                                (ox + j) as isize - p0 as isize,
+                            );
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                acc += f64::from(wt[(p % c) * k * k + i * k + j])
+                                    * f64::from(x[p * h * w + iy as usize * w + ix as usize]);
+                            }
+                        }
+                    }
+                    out[(p * ho + oy) * wo + ox] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every kernel side the networks use and others (the run-time side path), pads from 0 to
+    /// k − 1 on either side, planes narrower than the eight-wide blocks and with a partial last
+    /// block, several planes per task and one: each output within f32 rounding of the f64
+    /// definition (1e-6 of the largest sum of absolute products, k²: inputs and taps lie in
+    /// [−1, 1]; f32 sums of k² ≤ 25 terms round by far less).
+    #[test]
+    fn depthwise_matches_the_definition() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for &(b, c, h, w, k, p0, p1) in &[
+            (2, 3, 5, 7, 4, 2, 1),
+            (1, 2, 9, 17, 4, 1, 1),
+            (3, 1, 4, 4, 4, 2, 2),
+            (1, 4, 8, 8, 3, 1, 1),
+            (2, 2, 6, 11, 3, 0, 2),
+            (1, 3, 7, 10, 5, 4, 0),
+            (1, 2, 3, 3, 1, 0, 0),
+            (2, 130, 140, 131, 4, 1, 2),
+        ] {
+            let x: Vec<f32> = (0..b * c * h * w).map(|_| next()).collect();
+            // Random taps (the 2-D path) and, per channel, a separable kernel with random
+            // factors or the blurs' own (the row and column passes).
+            let random: Vec<f32> = (0..c * k * k).map(|_| next()).collect();
+            let separable: Vec<f32> = (0..c)
+                .flat_map(|ch| {
+                    if ch % 2 == 0 {
+                        let (a, b): (Vec<f32>, Vec<f32>) = (0..k).map(|_| (next(), next())).unzip();
+                        (0..k * k)
+                            .map(|t| a[t / k] * b[t % k])
+                            .collect::<Vec<f32>>()
+                    } else {
+                        let taps: Vec<f32> = (0..k).map(|i| [1.0, 3.0, 3.0, 1.0, 2.0][i]).collect();
+                        crate::FirKernel::new(&taps).with_gain(4.0).values()
+                    }
+                })
+                .collect();
+            for (kind, wt) in [("random", &random), ("separable", &separable)] {
+                if kind == "separable" {
+                    assert!(
+                        wt.chunks(k * k).all(|t| super::flex::separable(t, k)) || k == 1,
+                        "the separable kernels must take the separable path"
+                    );
+                }
+                let (ho, wo) = (h + p0 + p1 + 1 - k, w + p0 + p1 + 1 - k);
+                let got = depthwise(&x, wt, [b, c, h, w], k, p0, [ho, wo]);
+                let want = naive(&x, wt, [b, c, h, w], k, p0, [ho, wo]);
+                assert_eq!(got.len(), want.len());
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(*g) - e).abs() <= 1e-6 * (k * k) as f64,
+                        "{kind} {b}x{c}x{h}x{w}, k {k}, pad ({p0}, {p1}): output {i} is {g}, want {e}"
+                    );
+                }
+            }
+        }
+    }
 }
