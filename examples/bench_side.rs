@@ -207,6 +207,26 @@ fn main() {
         Some("matmul") => matmul(arg(&args, 1, "N"), arg(&args, 2, "REPEATS"), &device),
         _ => usage(),
     };
-    println!("{line}");
+    println!("{}", with_peak_rss(&line));
     eprintln!("device {device:?}");
+}
+
+/// `line` (a JSON object) with `peak_rss_bytes`: this process's peak resident memory, read from
+/// `/proc/self/status` (`VmHWM`, Linux only; the line is unchanged elsewhere). The driver's
+/// `wait4` figure cannot be used: Linux carries a process's peak across `exec`, so every child of
+/// the Python driver reported at least the driver's own 0.5 GB.
+fn with_peak_rss(line: &str) -> String {
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let kb = s.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+            kb.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        });
+    match (peak, serde_json::from_str::<serde_json::Value>(line)) {
+        (Some(kb), Ok(serde_json::Value::Object(mut map))) => {
+            map.insert("peak_rss_bytes".into(), (kb * 1024).into());
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => line.to_string(),
+    }
 }
