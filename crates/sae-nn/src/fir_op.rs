@@ -67,12 +67,13 @@ pub trait FirBackend: Backend {
 
 #[cfg(feature = "flex")]
 mod flex {
-    //! Our own stride-1 depthwise kernel on contiguous `f32` data. Flex runs a depthwise
-    //! convolution through its general 3-D convolution routine (`conv3d_f32`), whose fixed
-    //! cost per call dominates at the small models' 4–32-px planes (`docs/performance.md`,
-    //! seventh round). Here each plane is copied into a zero-bordered buffer and every output
-    //! is `k²` multiply-adds from it, eight outputs at a time in registers, with the planes
-    //! split over the pool.
+    //! Our own stride-1 depthwise kernel on contiguous `f32` data, for separable kernels (every
+    //! blur's: `outer(t, t)`, scaled). Flex runs a depthwise convolution through its general 3-D
+    //! convolution routine (`conv3d_f32`): 11 % of a 128-px training step and 15 % of a
+    //! `quickstart` step went there (`docs/performance.md`, seventh round). Here each plane is
+    //! copied into a zero-bordered buffer and filtered by a row pass and a column pass, `2k`
+    //! products per output instead of `k²`, with the planes split over the pool. Other kernels
+    //! keep Flex's convolution.
     use super::*;
     use crate::conv_kernels::with_spare;
     use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
@@ -102,26 +103,33 @@ mod flex {
                 && pad1 < k
                 && xs[2] + pad0 + pad1 >= k
                 && xs[3] + pad0 + pad1 >= k;
+            let _ = reversed;
             let (true, Some(xc), Some(wc)) = (fits, contiguous_f32(&x), contiguous_f32(&weight))
             else {
-                let _ = reversed;
+                return default_fir_depthwise::<Flex>(x, weight, [pad0, pad1]);
+            };
+            let factors: Option<Vec<Separable>> = values(&wc)
+                .chunks(k * k)
+                .map(|taps| Separable::of(taps, k))
+                .collect();
+            let Some(factors) = factors else {
                 return default_fir_depthwise::<Flex>(x, weight, [pad0, pad1]);
             };
             let [b, c, h, w] = [xs[0], xs[1], xs[2], xs[3]];
             let (ho, wo) = (h + pad0 + pad1 + 1 - k, w + pad0 + pad1 + 1 - k);
-            let out = depthwise(values(&xc), values(&wc), [b, c, h, w], k, pad0, [ho, wo]);
+            let out = depthwise(values(&xc), &factors, [b, c, h, w], k, pad0, [ho, wo]);
             from_values(out, [b, c, ho, wo])
         }
     }
 
-    /// `out[n, ch, oy, ox] = Σ_{i, j < k} wt[ch, i, j] · x[n, ch, oy + i − p0, ox + j − p0]`,
-    /// zero outside the input (Burn's cross-correlation with padding `p0` before; the output
-    /// size carries the padding after). Each output is one fixed sum (separable kernels: a row
-    /// pass then a column pass, taps in order; others: the taps in `(i, j)` order), the same on
-    /// every run and thread count.
+    /// `out[n, ch, oy, ox] = Σ_{i, j < k} col[i] · row[j] · x[n, ch, oy + i − p0, ox + j − p0]`
+    /// with channel `ch`'s factors, zero outside the input (Burn's cross-correlation with
+    /// padding `p0` before; the output size carries the padding after). Each output is one
+    /// fixed sum (a row pass, then a column pass, taps in order), the same on every run and
+    /// thread count.
     pub(super) fn depthwise(
         x: &[f32],
-        wt: &[f32],
+        factors: &[Separable],
         [b, c, h, w]: [usize; 4],
         k: usize,
         p0: usize,
@@ -133,14 +141,9 @@ mod flex {
             return out;
         }
         // Each plane is copied into a zero-bordered buffer first, so that the inner loops have
-        // no bounds: `ho + k − 1` rows of `wo + k − 1`. Separable kernels (every blur's) run as
-        // a row pass and a column pass, `2k` products per output instead of `k²`.
+        // no bounds: `ho + k − 1` rows of `wo + k − 1`.
         let (ph, pw) = (ho + k - 1, wo + k - 1);
         let planes_per_task = CHUNK.div_ceil(ho * wo).max(1);
-        let factors: Vec<Option<Separable>> = wt
-            .chunks(k * k)
-            .map(|taps| Separable::of(taps, k))
-            .collect();
         out.spare_capacity_mut()[..len]
             .par_chunks_mut(planes_per_task * ho * wo)
             .enumerate()
@@ -156,12 +159,7 @@ mod flex {
                         for (row, line) in padded[p0 * pw..].chunks_mut(pw).zip(src.chunks(w)) {
                             row[p0..p0 + w].copy_from_slice(line);
                         }
-                        match &factors[p % c] {
-                            Some(f) => f.filter(padded, pw, &mut rows[..ph * wo], plane, wo),
-                            None => {
-                                filter(padded, pw, &wt[(p % c) * k * k..][..k * k], k, plane, wo)
-                            }
-                        }
+                        factors[p % c].filter(padded, pw, &mut rows[..ph * wo], plane, wo);
                     }
                 });
             });
@@ -170,14 +168,8 @@ mod flex {
         out
     }
 
-    /// Whether `taps` take the separable path (for the tests).
-    #[cfg(test)]
-    pub(super) fn separable(taps: &[f32], k: usize) -> bool {
-        Separable::of(taps, k).is_some()
-    }
-
     /// A kernel `w[i, j] = col[i] · row[j]`: every blur's (`outer(t, t)`, scaled).
-    struct Separable {
+    pub(super) struct Separable {
         col: Vec<f32>,
         row: Vec<f32>,
     }
@@ -186,7 +178,7 @@ mod flex {
         /// The factors of `taps` (`[k, k]`) where their products give back every tap to within
         /// 2⁻²¹ of the largest (f32 rounding of the division below; the blurs' taps factor
         /// exactly or within one rounding), else `None`.
-        fn of(taps: &[f32], k: usize) -> Option<Self> {
+        pub(super) fn of(taps: &[f32], k: usize) -> Option<Self> {
             let (big, &pivot) = taps
                 .iter()
                 .enumerate()
@@ -243,10 +235,10 @@ mod flex {
         ) {
             let k = self.row.len();
             if k == 4 {
-                let (r, c) = (self.row[..4].try_into(), self.col[..4].try_into());
-                let (Ok(r), Ok(c)) = (r, c) else {
-                    unreachable!()
-                };
+                let (r, c) = (
+                    std::array::from_fn(|i| self.row[i]),
+                    std::array::from_fn(|i| self.col[i]),
+                );
                 return separable_passes::<4>(&r, &c, padded, pw, rows, out, wo);
             }
             for (line, h) in padded.chunks(pw).zip(rows.chunks_mut(wo)) {
@@ -301,73 +293,6 @@ mod flex {
                     acc += col[i] * src[i][ox];
                 }
                 o[ox].write(acc);
-            }
-        }
-    }
-
-    /// [`filter_plane`] with the common kernel sides as constants (their loops unrolled), the
-    /// others with the side at run time.
-    fn filter(
-        padded: &[f32],
-        pw: usize,
-        taps: &[f32],
-        k: usize,
-        out: &mut [std::mem::MaybeUninit<f32>],
-        wo: usize,
-    ) {
-        match k {
-            4 => filter_plane::<4>(padded, pw, taps, 4, out, wo),
-            3 => filter_plane::<3>(padded, pw, taps, 3, out, wo),
-            _ => filter_plane::<0>(padded, pw, taps, k, out, wo),
-        }
-    }
-
-    /// One plane: `out[oy, ox] = Σ_{i, j < k} taps[i, j] · padded[oy + i, ox + j]`, eight
-    /// outputs at a time in registers. `K` is the side where it is a constant, else 0 and `k`
-    /// gives it.
-    #[inline(always)]
-    fn filter_plane<const K: usize>(
-        padded: &[f32],
-        pw: usize,
-        taps: &[f32],
-        k: usize,
-        out: &mut [std::mem::MaybeUninit<f32>],
-        wo: usize,
-    ) {
-        let k = if K > 0 { K } else { k };
-        const L: usize = 8;
-        for (oy, row) in out.chunks_mut(wo).enumerate() {
-            let src = &padded[oy * pw..];
-            let mut blocks = row.chunks_exact_mut(L);
-            let mut ox = 0;
-            for block in &mut blocks {
-                let mut acc = [0.0f32; L];
-                for i in 0..k {
-                    let line = &src[i * pw + ox..];
-                    for j in 0..k {
-                        let t = taps[i * k + j];
-                        // A fixed-size window: two 4-wide (or one 8-wide) loads per tap, no
-                        // shuffles (indexing the line by j + l made the compiler build the
-                        // windows lane by lane).
-                        let window: &[f32; L] = line[j..j + L].try_into().expect("8 lanes");
-                        for (a, v) in acc.iter_mut().zip(window) {
-                            *a += t * v;
-                        }
-                    }
-                }
-                for (o, a) in block.iter_mut().zip(acc) {
-                    o.write(a);
-                }
-                ox += L;
-            }
-            for (d, o) in blocks.into_remainder().iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for i in 0..k {
-                    for j in 0..k {
-                        acc += taps[i * k + j] * src[i * pw + ox + d + j];
-                    }
-                }
-                o.write(acc);
             }
         }
     }
@@ -453,7 +378,7 @@ pub(crate) fn fir_depthwise(
 
 #[cfg(all(test, feature = "flex"))]
 mod tests {
-    use super::flex::depthwise;
+    use super::flex::{Separable, depthwise};
 
     /// The definition, one output at a time, in f64.
     fn naive(
@@ -489,10 +414,11 @@ mod tests {
     }
 
     /// Every kernel side the networks use and others (the run-time side path), pads from 0 to
-    /// k − 1 on either side, planes narrower than the eight-wide blocks and with a partial last
-    /// block, several planes per task and one: each output within f32 rounding of the f64
-    /// definition (1e-6 of the largest sum of absolute products, k²: inputs and taps lie in
-    /// [−1, 1]; f32 sums of k² ≤ 25 terms round by far less).
+    /// k − 1 before and after, planes narrower than a vector and with ragged ends, several planes
+    /// per task and one; per channel a separable kernel with random factors or the blurs' own:
+    /// each output within f32 rounding of the f64 definition (1e-6 of the largest sum of
+    /// absolute products, k²: inputs and taps lie in [−1, 1]; f32 sums of 2k ≤ 10 terms round by
+    /// far less). Kernels that are not separable are refused (they keep Flex's convolution).
     #[test]
     fn depthwise_matches_the_definition() {
         let mut seed = 7u64;
@@ -513,10 +439,7 @@ mod tests {
             (2, 130, 140, 131, 4, 1, 2),
         ] {
             let x: Vec<f32> = (0..b * c * h * w).map(|_| next()).collect();
-            // Random taps (the 2-D path) and, per channel, a separable kernel with random
-            // factors or the blurs' own (the row and column passes).
-            let random: Vec<f32> = (0..c * k * k).map(|_| next()).collect();
-            let separable: Vec<f32> = (0..c)
+            let wt: Vec<f32> = (0..c)
                 .flat_map(|ch| {
                     if ch % 2 == 0 {
                         let (a, b): (Vec<f32>, Vec<f32>) = (0..k).map(|_| (next(), next())).unzip();
@@ -529,23 +452,23 @@ mod tests {
                     }
                 })
                 .collect();
-            for (kind, wt) in [("random", &random), ("separable", &separable)] {
-                if kind == "separable" {
-                    assert!(
-                        wt.chunks(k * k).all(|t| super::flex::separable(t, k)) || k == 1,
-                        "the separable kernels must take the separable path"
-                    );
-                }
-                let (ho, wo) = (h + p0 + p1 + 1 - k, w + p0 + p1 + 1 - k);
-                let got = depthwise(&x, wt, [b, c, h, w], k, p0, [ho, wo]);
-                let want = naive(&x, wt, [b, c, h, w], k, p0, [ho, wo]);
-                assert_eq!(got.len(), want.len());
-                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (f64::from(*g) - e).abs() <= 1e-6 * (k * k) as f64,
-                        "{kind} {b}x{c}x{h}x{w}, k {k}, pad ({p0}, {p1}): output {i} is {g}, want {e}"
-                    );
-                }
+            let factors: Vec<Separable> = wt
+                .chunks(k * k)
+                .map(|t| Separable::of(t, k).expect("a separable kernel"))
+                .collect();
+            if k > 1 {
+                let random: Vec<f32> = (0..k * k).map(|_| next()).collect();
+                assert!(Separable::of(&random, k).is_none(), "random {k}x{k} taps");
+            }
+            let (ho, wo) = (h + p0 + p1 + 1 - k, w + p0 + p1 + 1 - k);
+            let got = depthwise(&x, &factors, [b, c, h, w], k, p0, [ho, wo]);
+            let want = naive(&x, &wt, [b, c, h, w], k, p0, [ho, wo]);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - e).abs() <= 1e-6 * (k * k) as f64,
+                    "{b}x{c}x{h}x{w}, k {k}, pad ({p0}, {p1}): output {i} is {g}, want {e}"
+                );
             }
         }
     }
