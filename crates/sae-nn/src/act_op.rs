@@ -244,6 +244,7 @@ pub(crate) fn bias_lrelu<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tenso
 mod tests {
     use super::*;
     use crate::act::{add_channel_bias, scaled_leaky_relu};
+    use crate::test_support::lcg;
     use burn::tensor::{Device, TensorData};
 
     /// The operation, or the composition of Burn ops it replaces.
@@ -275,16 +276,6 @@ mod tests {
         ] {
             let n: usize = shape.iter().product();
             let c = shape[1];
-            // Deterministic inputs in [-2, 2) (a small LCG), so every run tests the same values.
-            let lcg = |seed: u32, len: usize| -> Vec<f32> {
-                let mut s = seed;
-                (0..len)
-                    .map(|_| {
-                        s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                        (s >> 8) as f32 / (1u32 << 22) as f32 - 2.0
-                    })
-                    .collect()
-            };
             let mut xv = lcg(n as u32, n);
             let bv = lcg(c as u32 + 7, c);
             let bias = Tensor::<1>::from_data(TensorData::new(bv.clone(), [c]), &device);

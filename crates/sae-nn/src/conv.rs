@@ -1,11 +1,11 @@
 //! `ConvLayer` and `ResBlock` (official `models/networks/stylegan2_layers.py`): the convolutions
 //! of E, D and Dpatch.
 
+use crate::pad_op::reflect_pad;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Device;
 use burn::tensor::Tensor;
-use burn::tensor::ops::PadMode;
 
 use crate::act::{FusedLeakyReLU, FusedLeakyReLUConfig, leaky_relu_vjp, scaled_leaky_relu};
 use crate::equal::{EqualConv2d, EqualConv2dConfig};
@@ -130,7 +130,7 @@ impl ConvLayer {
                 p < h.min(w),
                 "ConvLayer: reflection pad {p} must be smaller than the input size {h}x{w}"
             );
-            x.pad((p, p, p, p), PadMode::Reflect)
+            reflect_pad(x, [p, p])
         } else {
             x
         };

@@ -230,8 +230,10 @@ fn with_tile_in<R>(
     f(col.as_ptr(), t)
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all strided; on rayon's pool when `parallel`, else on
-/// the calling thread.
+/// `dst[m×n] (+)= scale · lhs[m×k] · rhs[k×n]`, all strided; on rayon's pool when `parallel`,
+/// else on the calling thread. `scale` is the GEMM's own product factor (free): how the
+/// equalised learning rate's weight scale reaches the convolutions without a scaled copy of
+/// the weight.
 ///
 /// # Safety
 /// Every pointer must be valid for the strides and sizes given.
@@ -241,6 +243,7 @@ unsafe fn gemm(
     dst: *mut f32,
     [dst_rs, dst_cs]: [isize; 2],
     accumulate: bool,
+    scale: f32,
     lhs: *const f32,
     [lhs_rs, lhs_cs]: [isize; 2],
     rhs: *const f32,
@@ -269,7 +272,7 @@ unsafe fn gemm(
             rhs_cs,
             rhs_rs,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -676,7 +679,13 @@ unsafe fn winograd_output_channel(
 /// channel and the 16 GEMMs by `ξ` over the pool.
 ///
 /// `block_tiles`: tiles per block (rounded down to whole tile rows, at least one).
-fn conv_forward_winograd(x: &[f32], weight: &[f32], g: &ConvGeom, block_tiles: usize) -> Vec<f32> {
+fn conv_forward_winograd(
+    x: &[f32],
+    weight: &[f32],
+    g: &ConvGeom,
+    block_tiles: usize,
+    scale: f32,
+) -> Vec<f32> {
     let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
     let u = winograd_weight(weight, g.co, g.ci);
     let (blocks, tb) = winograd_blocks(g.b * th, tw, block_tiles);
@@ -697,6 +706,7 @@ fn conv_forward_winograd(x: &[f32], weight: &[f32], g: &ConvGeom, block_tiles: u
                 m.add(xi * co * tb),
                 [tb as isize, 1],
                 false,
+                scale,
                 u[xi * co * ci..].as_ptr(),
                 [ci as isize, 1],
                 v.add(xi * ci * tb),
@@ -877,6 +887,7 @@ fn conv_weight_grad_winograd(
     grad: &[f32],
     g: &ConvGeom,
     block_tiles: usize,
+    scale: f32,
 ) -> Vec<f32> {
     let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
     let (blocks, tb) = winograd_blocks(g.b * th, tw, block_tiles);
@@ -892,6 +903,7 @@ fn conv_weight_grad_winograd(
             acc.add(xi * co * ci),
             [ci as isize, 1],
             true,
+            scale,
             gm.add(xi * co * tb),
             [tb as isize, 1],
             v.add(xi * ci * tb),
@@ -1238,6 +1250,7 @@ fn conv_transpose_winograd(
     weight: &[f32],
     g: &ConvGeom,
     block_tiles: usize,
+    scale: f32,
 ) -> Vec<f32> {
     let (th, tw) = ((g.ho + 1).div_ceil(2), (g.wo + 1).div_ceil(2));
     let u = transpose_winograd_weight(weight, g.co, g.ci);
@@ -1269,6 +1282,7 @@ fn conv_transpose_winograd(
                 m.add(q * ci * tb),
                 [tb as isize, 1],
                 false,
+                scale,
                 u[point(q) * ci * co..].as_ptr(),
                 [co as isize, 1],
                 v.add(q * co * tb),
@@ -1320,16 +1334,16 @@ fn winograd_setting(value: Option<&std::ffi::OsStr>) -> bool {
     }
 }
 
-/// `conv2d(x, weight)` without bias.
+/// `conv2d(x, scale · weight)` without bias (`scale` applied by the GEMMs).
 ///
 /// # Shapes
 /// - `x`: `[b, ci, h, w]`; `weight`: `[co, ci, k, k]`; output: `[b, co, ho, wo]`
-pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
+pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) -> Vec<f32> {
     let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
     debug_assert_eq!(x.len(), g.b * plane_in);
     debug_assert_eq!(weight.len(), g.co * kk);
     if winograd_applies(g) && winograd_enabled() {
-        return conv_forward_winograd(x, weight, g, winograd_block(g));
+        return conv_forward_winograd(x, weight, g, winograd_block(g), scale);
     }
     let len = g.b * g.co * plane_out;
     // Not zeroed: the tiles cover every output element once and the GEMM does not read `dst`
@@ -1347,6 +1361,7 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
                 dst.get().add(b * g.co * plane_out + y0 * g.wo),
                 [plane_out as isize, 1],
                 false,
+                scale,
                 weight.as_ptr(),
                 [kk as isize, 1],
                 rhs,
@@ -1374,16 +1389,17 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> 
     out
 }
 
-/// The gradient of `conv2d(x, weight)` with respect to `weight`, i.e. `Σ_b g_b · im2col(x_b)ᵀ`.
+/// The gradient of `conv2d(x, scale · weight)` with respect to `weight`, i.e.
+/// `scale · Σ_b g_b · im2col(x_b)ᵀ`.
 ///
 /// # Shapes
 /// - `x`: `[b, ci, h, w]`; `grad`: `[b, co, ho, wo]`; output: `[co, ci, k, k]`
-pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32> {
+pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom, scale: f32) -> Vec<f32> {
     let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
     debug_assert_eq!(x.len(), g.b * plane_in);
     debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
     if winograd_applies(g) && winograd_enabled() {
-        return conv_weight_grad_winograd(x, grad, g, winograd_block(g));
+        return conv_weight_grad_winograd(x, grad, g, winograd_block(g), scale);
     }
     // The pixels are this GEMM's inner dimension (at least MIN_TILE_PIXELS per call).
     let tiles = g.tiles();
@@ -1409,6 +1425,7 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom) -> Vec<f32
                         acc.as_mut_ptr(),
                         [kk as isize, 1],
                         true,
+                        scale,
                         grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
                         [plane_out as isize, 1],
                         rhs,
@@ -1459,12 +1476,12 @@ fn zeros_on_pool(len: usize) -> Vec<f32> {
     v
 }
 
-/// The gradient of `conv2d(x, weight)` with respect to `x` (= `conv_transpose2d(grad, weight)`
-/// with the output padding that gives back `h × w`).
+/// The gradient of `conv2d(x, scale · weight)` with respect to `x` (=
+/// `conv_transpose2d(grad, scale · weight)` with the output padding that gives back `h × w`).
 ///
 /// # Shapes
 /// - `grad`: `[b, co, ho, wo]`; `weight`: `[co, ci, k, k]`; output: `[b, ci, h, w]`
-pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
+pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) -> Vec<f32> {
     let (kk, plane_in, plane_out) = (g.kk(), g.ci * g.h * g.w, g.ho * g.wo);
     debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
     debug_assert_eq!(weight.len(), g.co * kk);
@@ -1497,10 +1514,10 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
             ho: g.h,
             wo: g.w,
         };
-        return conv_forward(grad, &flipped, &adjoint);
+        return conv_forward(grad, &flipped, &adjoint, scale);
     }
     if transpose_winograd_applies(g) && winograd_enabled() {
-        return conv_transpose_winograd(grad, weight, g, winograd_block(g));
+        return conv_transpose_winograd(grad, weight, g, winograd_block(g), scale);
     }
     let mut out = zeros_on_pool(g.b * plane_in);
     let r = g.rows_per_tile();
@@ -1520,6 +1537,7 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom) -> Vec
                     col.as_mut_ptr(),
                     [t as isize, 1],
                     false,
+                    scale,
                     weight.as_ptr(),
                     [1, kk as isize],
                     grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
@@ -1674,6 +1692,14 @@ mod tests {
         }
     }
 
+    /// An equalised-learning-rate weight scale (`1/√(ci·k²)`-like, not a power of two) for
+    /// the kernels' `scale` argument.
+    const SCALE: f32 = 0.37;
+
+    fn scaled(w: &[f32]) -> Vec<f32> {
+        w.iter().map(|v| v * SCALE).collect()
+    }
+
     fn check_every_geometry() {
         for &(shape, co, k, s, p) in &[
             // Several tiles per image (MIN_TILE_PIXELS): 16, 16 and 8 rows; the same for a
@@ -1706,10 +1732,16 @@ mod tests {
             let x = values(g.b * g.ci * g.h * g.w, 1);
             let w = values(g.co * g.kk(), 2);
             let gr = values(g.b * g.co * g.ho * g.wo, 3);
-            let y = conv_forward(&x, &w, &g);
-            close(&y, &naive_forward(&x, &w, &g), &format!("forward {g:?}"));
-            let dx = conv_input_grad(&gr, &w, &g);
-            let dw = conv_weight_grad(&x, &gr, &g);
+            // The weight scale goes in as the GEMMs' factor; the definition gets the scaled
+            // weight. The adjoint identities below hold with it as they stand.
+            let y = conv_forward(&x, &w, &g, SCALE);
+            close(
+                &y,
+                &naive_forward(&x, &scaled(&w), &g),
+                &format!("forward {g:?}"),
+            );
+            let dx = conv_input_grad(&gr, &w, &g, SCALE);
+            let dw = conv_weight_grad(&x, &gr, &g, SCALE);
             let (yg, xdx, wdw) = (dot(&y, &gr), dot(&x, &dx), dot(&w, &dw));
             let tol = 1e-4 * yg.abs().max(1.0);
             assert!((yg - xdx).abs() < tol, "input grad {g:?}: {yg} vs {xdx}");
@@ -1735,13 +1767,13 @@ mod tests {
                 let g = ConvGeom::new(shape, co, 3, 1, p).unwrap();
                 let x = values(g.b * g.ci * g.h * g.w, 4);
                 let w = values(g.co * g.kk(), 5);
-                let want = naive_forward(&x, &w, &g);
+                let want = naive_forward(&x, &scaled(&w), &g);
                 let gr = values(g.b * g.co * g.ho * g.wo, 6);
-                let dw_want = naive_weight_grad(&x, &gr, &g);
+                let dw_want = scaled(&naive_weight_grad(&x, &gr, &g));
                 for block_tiles in [1, 7, usize::MAX] {
-                    let y = conv_forward_winograd(&x, &w, &g, block_tiles);
+                    let y = conv_forward_winograd(&x, &w, &g, block_tiles, SCALE);
                     close(&y, &want, &format!("winograd {g:?}, {block_tiles} tiles"));
-                    let dw = conv_weight_grad_winograd(&x, &gr, &g, block_tiles);
+                    let dw = conv_weight_grad_winograd(&x, &gr, &g, block_tiles, SCALE);
                     close(
                         &dw,
                         &dw_want,
@@ -1770,9 +1802,9 @@ mod tests {
                 let g = ConvGeom::new(shape, co, 3, 2, p).unwrap();
                 let w = values(g.co * g.kk(), 7);
                 let gr = values(g.b * g.co * g.ho * g.wo, 8);
-                let want = conv_input_grad(&gr, &w, &g);
+                let want = conv_input_grad(&gr, &w, &g, SCALE);
                 for block_tiles in [1, 5, usize::MAX] {
-                    let dx = conv_transpose_winograd(&gr, &w, &g, block_tiles);
+                    let dx = conv_transpose_winograd(&gr, &w, &g, block_tiles, SCALE);
                     close(
                         &dx,
                         &want,
@@ -1800,10 +1832,10 @@ mod tests {
         let tg = values(t.b * t.co * t.ho * t.wo, 13);
         let run = || {
             [
-                conv_forward(&x, &w, &g),
-                conv_input_grad(&gr, &w, &g),
-                conv_weight_grad(&x, &gr, &g),
-                conv_input_grad(&tg, &tw, &t),
+                conv_forward(&x, &w, &g, SCALE),
+                conv_input_grad(&gr, &w, &g, SCALE),
+                conv_weight_grad(&x, &gr, &g, SCALE),
+                conv_input_grad(&tg, &tw, &t, SCALE),
             ]
         };
         let fast = run();

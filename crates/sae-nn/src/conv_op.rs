@@ -37,6 +37,15 @@ fn output_padding(len: usize, out_len: usize, k: usize, stride: usize, pad: usiz
     len + 2 * pad - ((out_len - 1) * stride + k)
 }
 
+/// `scale · weight` (the weight itself for 1): the other backends' way to the scaled weight.
+fn scaled<B: Backend>(weight: FloatTensor<B>, scale: f32) -> FloatTensor<B> {
+    if scale == 1.0 {
+        weight
+    } else {
+        B::float_mul_scalar(weight, scale.into())
+    }
+}
+
 /// Burn's transposed convolution as the input gradient of `conv2d(x [.., h, w], weight)`.
 fn burn_input_grad<B: Backend>(
     grad: FloatTensor<B>,
@@ -60,6 +69,12 @@ fn burn_input_grad<B: Backend>(
 }
 
 /// Backend operations: a dense convolution and its two gradients.
+///
+/// Each takes the weight and a `scale` by which the convolution multiplies it (the equalised
+/// learning rate's `1/√(in·k²)`): on Flex the GEMMs apply it for free, where `weight · scale`
+/// as a tensor operation was a pass over the weight and a new buffer per call (and another for
+/// the weight gradient): 5 % of a batch-1 church-256 swap and of a 128-px training step
+/// (`docs/performance.md`, eighth round).
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
@@ -67,19 +82,21 @@ fn burn_input_grad<B: Backend>(
     Autodiff
 )]
 pub trait ConvBackend: Backend {
-    /// `conv2d(x, weight, stride, pad)` without bias.
+    /// `conv2d(x, scale · weight, stride, pad)` without bias.
     fn sae_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: usize,
         pad: usize,
+        scale: f32,
     ) -> FloatTensor<Self> {
-        Self::conv2d(x, weight, None, options(stride, pad))
+        Self::conv2d(x, scaled::<Self>(weight, scale), None, options(stride, pad))
     }
 
-    /// The input gradient of `conv2d(x [.., h, w], weight, stride, pad)` for the output
-    /// gradient `grad`: `conv_transpose2d(grad, weight)` with the output padding that gives
-    /// `h × w`.
+    /// The input gradient of `conv2d(x [.., h, w], scale · weight, stride, pad)` for the
+    /// output gradient `grad`: `conv_transpose2d(grad, scale · weight)` with the output
+    /// padding that gives `h × w`.
+    #[allow(clippy::too_many_arguments)]
     fn sae_conv_input_grad(
         grad: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -87,20 +104,25 @@ pub trait ConvBackend: Backend {
         pad: usize,
         h: usize,
         w: usize,
+        scale: f32,
     ) -> FloatTensor<Self> {
-        burn_input_grad::<Self>(grad, weight, stride, pad, [h, w])
+        burn_input_grad::<Self>(grad, scaled::<Self>(weight, scale), stride, pad, [h, w])
     }
 
-    /// The weight gradient of `conv2d(x, weight, stride, pad)` for the output gradient `grad`
-    /// (`weight` gives the shape only).
+    /// The gradient with respect to `weight` of `conv2d(x, scale · weight, stride, pad)` for
+    /// the output gradient `grad` (`weight` gives the shape only).
     fn sae_conv_weight_grad(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: usize,
         pad: usize,
+        scale: f32,
     ) -> FloatTensor<Self> {
-        Self::conv2d_weight_backward(x, weight, grad, options(stride, pad))
+        scaled::<Self>(
+            Self::conv2d_weight_backward(x, weight, grad, options(stride, pad)),
+            scale,
+        )
     }
 }
 
@@ -122,16 +144,22 @@ mod flex {
     }
 
     impl ConvBackend for Flex {
-        fn sae_conv(x: FlexTensor, weight: FlexTensor, stride: usize, pad: usize) -> FlexTensor {
+        fn sae_conv(
+            x: FlexTensor,
+            weight: FlexTensor,
+            stride: usize,
+            pad: usize,
+            scale: f32,
+        ) -> FlexTensor {
             if let (Some((xc, xd)), Some((wc, [co, ci, k, k2]))) = (data(&x), data(&weight))
                 && ci == xd[1]
                 && k == k2
                 && let Some(g) = ConvGeom::new(xd, co, k, stride, pad)
             {
-                let y = conv_kernels::conv_forward(values(&xc), values(&wc), &g);
+                let y = conv_kernels::conv_forward(values(&xc), values(&wc), &g, scale);
                 return from_values(y, [g.b, g.co, g.ho, g.wo]);
             }
-            Self::conv2d(x, weight, None, options(stride, pad))
+            Self::conv2d(x, scaled::<Self>(weight, scale), None, options(stride, pad))
         }
 
         fn sae_conv_input_grad(
@@ -141,6 +169,7 @@ mod flex {
             pad: usize,
             h: usize,
             w: usize,
+            scale: f32,
         ) -> FlexTensor {
             if let (Some((gc, [b, co, ho, wo])), Some((wc, [co2, ci, k, k2]))) =
                 (data(&grad), data(&weight))
@@ -149,10 +178,10 @@ mod flex {
                 && let Some(g) = ConvGeom::new([b, ci, h, w], co, k, stride, pad)
                 && (g.ho, g.wo) == (ho, wo)
             {
-                let dx = conv_kernels::conv_input_grad(values(&gc), values(&wc), &g);
+                let dx = conv_kernels::conv_input_grad(values(&gc), values(&wc), &g, scale);
                 return from_values(dx, [b, ci, h, w]);
             }
-            burn_input_grad::<Self>(grad, weight, stride, pad, [h, w])
+            burn_input_grad::<Self>(grad, scaled::<Self>(weight, scale), stride, pad, [h, w])
         }
 
         fn sae_conv_weight_grad(
@@ -161,6 +190,7 @@ mod flex {
             weight: FlexTensor,
             stride: usize,
             pad: usize,
+            scale: f32,
         ) -> FlexTensor {
             let [co, ci, k, k2] = weight.shape().dims();
             if let (Some((xc, xd)), Some((gc, gd))) = (data(&x), data(&grad))
@@ -169,10 +199,13 @@ mod flex {
                 && let Some(g) = ConvGeom::new(xd, co, k, stride, pad)
                 && gd == [g.b, co, g.ho, g.wo]
             {
-                let dw = conv_kernels::conv_weight_grad(values(&xc), values(&gc), &g);
+                let dw = conv_kernels::conv_weight_grad(values(&xc), values(&gc), &g, scale);
                 return from_values(dw, [co, ci, k, k]);
             }
-            Self::conv2d_weight_backward(x, weight, grad, options(stride, pad))
+            scaled::<Self>(
+                Self::conv2d_weight_backward(x, weight, grad, options(stride, pad)),
+                scale,
+            )
         }
     }
 }
@@ -185,14 +218,15 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         weight: FloatTensor<Self>,
         stride: usize,
         pad: usize,
+        scale: f32,
     ) -> FloatTensor<Self> {
-        /// y = conv(x, W): dx = convᵀ(dy, W), dW = weight-grad(x, dy).
+        /// y = conv(x, cW): dx = convᵀ(dy, cW), dW = c · weight-grad(x, dy).
         #[derive(Debug)]
         struct ConvBackward;
 
         impl<B: ConvBackend> Backward<B, 2> for ConvBackward {
-            /// x, W, stride, pad.
-            type State = (FloatTensor<B>, FloatTensor<B>, usize, usize);
+            /// x, W, stride, pad, scale.
+            type State = (FloatTensor<B>, FloatTensor<B>, usize, usize, f32);
 
             fn backward(
                 self,
@@ -200,15 +234,15 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
                 grads: &mut Gradients,
                 _: &mut Checkpointer,
             ) {
-                let (x, weight, s, p) = ops.state;
+                let (x, weight, s, p, c) = ops.state;
                 let [_, _, h, w] = x.shape().dims();
                 let w2 = weight.clone();
                 binary::<B, _, _>(
                     ops.parents,
                     ops.node,
                     grads,
-                    |g| B::sae_conv_input_grad(g, w2, s, p, h, w),
-                    |g| B::sae_conv_weight_grad(x, g, weight, s, p),
+                    |g| B::sae_conv_input_grad(g, w2, s, p, h, w, c),
+                    |g| B::sae_conv_weight_grad(x, g, weight, s, p, c),
                 );
             }
         }
@@ -221,10 +255,10 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = (x.clone(), weight.clone(), stride, pad);
-                prep.finish(state, B::sae_conv(x, weight, stride, pad))
+                let state = (x.clone(), weight.clone(), stride, pad, scale);
+                prep.finish(state, B::sae_conv(x, weight, stride, pad, scale))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::sae_conv(x, weight, stride, pad)),
+            OpsKind::UnTracked(prep) => prep.finish(B::sae_conv(x, weight, stride, pad, scale)),
         }
     }
 
@@ -235,15 +269,16 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         pad: usize,
         h: usize,
         w: usize,
+        scale: f32,
     ) -> FloatTensor<Self> {
-        /// y = convᵀ(g, W) (the adjoint of conv(·, W)): d g = conv(dy, W),
-        /// dW = weight-grad(dy, g) (dy plays the convolution's input).
+        /// y = convᵀ(g, cW) (the adjoint of conv(·, cW)): d g = conv(dy, cW),
+        /// dW = c · weight-grad(dy, g) (dy plays the convolution's input).
         #[derive(Debug)]
         struct InputGradBackward;
 
         impl<B: ConvBackend> Backward<B, 2> for InputGradBackward {
-            /// g, W, stride, pad.
-            type State = (FloatTensor<B>, FloatTensor<B>, usize, usize);
+            /// g, W, stride, pad, scale.
+            type State = (FloatTensor<B>, FloatTensor<B>, usize, usize, f32);
 
             fn backward(
                 self,
@@ -251,14 +286,14 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
                 grads: &mut Gradients,
                 _: &mut Checkpointer,
             ) {
-                let (g, weight, s, p) = ops.state;
+                let (g, weight, s, p, c) = ops.state;
                 let w2 = weight.clone();
                 binary::<B, _, _>(
                     ops.parents,
                     ops.node,
                     grads,
-                    |dy| B::sae_conv(dy, w2, s, p),
-                    |dy| B::sae_conv_weight_grad(dy, g, weight, s, p),
+                    |dy| B::sae_conv(dy, w2, s, p, c),
+                    |dy| B::sae_conv_weight_grad(dy, g, weight, s, p, c),
                 );
             }
         }
@@ -271,35 +306,45 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = (g.clone(), weight.clone(), stride, pad);
-                prep.finish(state, B::sae_conv_input_grad(g, weight, stride, pad, h, w))
+                let state = (g.clone(), weight.clone(), stride, pad, scale);
+                prep.finish(
+                    state,
+                    B::sae_conv_input_grad(g, weight, stride, pad, h, w, scale),
+                )
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(B::sae_conv_input_grad(g, weight, stride, pad, h, w))
+                prep.finish(B::sae_conv_input_grad(g, weight, stride, pad, h, w, scale))
             }
         }
     }
 }
 
-/// `conv2d(x, weight, stride, pad)` without bias, differentiable in both inputs.
+/// `conv2d(x, scale · weight, stride, pad)` without bias, differentiable in both inputs.
 ///
 /// # Shapes
 /// - `x`: `[batch, in, h, w]`; `weight`: `[out, in, k, k]`
 /// - output: `[batch, out, (h + 2p − k)/s + 1, (w + 2p − k)/s + 1]`
 ///
 /// The callers check that the channels agree and the kernel fits the padded input.
-pub(crate) fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, pad: usize) -> Tensor<4> {
+pub(crate) fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    stride: usize,
+    pad: usize,
+    scale: f32,
+) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as ConvBackend>::sae_conv(
         x.into_dispatch(),
         weight.into_dispatch(),
         stride,
         pad,
+        scale,
     ))
 }
 
-/// The input gradient of `conv2d(x [.., h, w], weight, stride, pad)` for the output gradient
-/// `g`, i.e. `conv_transpose2d(g, weight)` with the output padding that gives `h × w`;
-/// differentiable in both inputs.
+/// The input gradient of `conv2d(x [.., h, w], scale · weight, stride, pad)` for the output
+/// gradient `g`, i.e. `conv_transpose2d(g, scale · weight)` with the output padding that gives
+/// `h × w`; differentiable in both inputs.
 ///
 /// # Shapes
 /// - `g`: `[batch, out, ho, wo]` with `ho = (h + 2p − k)/s + 1` (likewise `wo`)
@@ -311,6 +356,7 @@ pub(crate) fn conv2d_input_grad(
     stride: usize,
     pad: usize,
     [h, w]: [usize; 2],
+    scale: f32,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as ConvBackend>::sae_conv_input_grad(
         g.into_dispatch(),
@@ -319,5 +365,6 @@ pub(crate) fn conv2d_input_grad(
         pad,
         h,
         w,
+        scale,
     ))
 }

@@ -94,7 +94,15 @@ impl EqualConv2d {
             x.dims(),
             self.padding
         );
-        let y = conv2d(x, self.scaled_weight(), self.stride, self.padding);
+        // The scale rides into the convolution (its GEMMs' factor): no scaled copy of the
+        // weight per call.
+        let y = conv2d(
+            x,
+            self.weight.val(),
+            self.stride,
+            self.padding,
+            self.scale as f32,
+        );
         add_channel_bias(y, self.bias.as_ref().map(|b| b.val()))
     }
 
@@ -129,10 +137,11 @@ impl EqualConv2d {
         }
         conv2d_input_grad(
             g,
-            self.scaled_weight(),
+            self.weight.val(),
             self.stride,
             self.padding,
             input_size,
+            self.scale as f32,
         )
     }
 }
@@ -243,13 +252,15 @@ impl EqualLinear {
     /// - `x`: `[batch, in]`; outputs: `[batch, out]`
     pub fn forward_taped(&self, x: Tensor<2>) -> (Tensor<2>, Option<Tensor<2>>) {
         check_channels("EqualLinear", "x", &x.dims(), self.in_features());
-        let w = self.weight.val() * self.scale;
+        // The scale multiplies the `[batch, out]` product, not the `[out, in]` weight: a
+        // weight-sized pass and buffer fewer per call, forward and backward (D's 8192 → 512
+        // linear layer and the generator's 2048 → 512 modulations are millions of weights).
         // `(W·xᵀ)ᵀ` rather than `x·Wᵀ`: the same products, but autodiff then returns the
         // weight's gradient as `gᵀ·x`, contiguous `[out, in]`. From `x·Wᵀ` it is `(xᵀ·g)ᵀ`, a
-        // transposed view, whose scaling by `scale` Flex then runs as a strided gather on one
-        // thread: 5.7 % of a 128-px training profile's samples, mostly D's 8192 → 512 final
-        // linear layer (`docs/performance.md`, sixth round).
-        self.finish(w.matmul(x.transpose()).transpose())
+        // transposed view, which the next element-wise operation on it reads as a strided
+        // gather on one thread: 5.7 % of a 128-px training profile's samples when that was the
+        // weight scale's product (`docs/performance.md`, sixth round).
+        self.finish(self.weight.val().matmul(x.transpose()).transpose() * self.scale)
     }
 
     /// The input vector-Jacobian product of [`EqualLinear::forward`]: through the activation
@@ -263,7 +274,7 @@ impl EqualLinear {
             Some(pre) => leaky_relu_vjp(pre, g),
             None => g,
         };
-        g.matmul(self.weight.val() * self.scale)
+        (g * self.scale).matmul(self.weight.val())
     }
 
     /// The same map applied per pixel (a 1×1 convolution), as the official layer does for a 4-D
@@ -278,7 +289,7 @@ impl EqualLinear {
         check_channels("EqualLinear", "x", &x.dims(), self.in_features());
         check_nonempty("EqualLinear", "x", &x.dims());
         let [out, inp] = self.weight.dims();
-        let w = (self.weight.val() * self.scale).reshape([out, inp, 1, 1]);
-        self.finish(conv2d(x, w, 1, 0)).0
+        let w = self.weight.val().reshape([out, inp, 1, 1]);
+        self.finish(conv2d(x, w, 1, 0, self.scale as f32)).0
     }
 }

@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::fir_op::fir_depthwise;
+use crate::pad_op::reflect_pad;
 use crate::shape::check_nonempty;
 
 /// A separable 2-D FIR kernel: `K = gain · outer(t, t) / sum(outer(t, t))` for 1-D taps `t`
@@ -244,7 +245,7 @@ impl Blur {
             p0.max(p1) < h.min(w),
             "Blur: reflection pad ({p0}, {p1}) must be smaller than the input size {h}x{w}"
         );
-        let x = x.pad((p0, p1, p0, p1), PadMode::Reflect);
+        let x = reflect_pad(x, [p0, p1]);
         upfirdn2d(x, &self.kernel, 1, 1, [0, 0])
     }
 

@@ -41,6 +41,39 @@ macro_rules! composition_on_other_backends {
     };
 }
 
+/// Inputs and devices shared by the operations' unit tests.
+#[cfg(test)]
+mod test_support {
+
+    /// `len` values in [−2, 2) from a linear congruential generator started at `seed`:
+    /// deterministic inputs, so every run tests the same values.
+    pub(crate) fn lcg(seed: u32, len: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / (1u32 << 22) as f32 - 2.0
+            })
+            .collect()
+    }
+
+    /// Every CPU backend compiled in: Flex runs our kernels, ndarray the trait's compositions.
+    /// Explicit devices, because `Device::default()` is the GPU backend when one is compiled in.
+    // ndarray is deprecated upstream but still ours for the parity tests; one push per backend
+    // compiled in.
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    #[allow(deprecated, clippy::vec_init_then_push)]
+    pub(crate) fn cpu_devices() -> Vec<burn::tensor::Device> {
+        use burn::tensor::Device;
+        let mut devices = Vec::new();
+        #[cfg(feature = "flex")]
+        devices.push(Device::flex());
+        #[cfg(feature = "ndarray")]
+        devices.push(Device::ndarray());
+        devices
+    }
+}
+
 pub mod act;
 mod act_op;
 pub mod conv;
@@ -56,6 +89,7 @@ mod fir_op;
 pub mod flex_data;
 pub mod modulated;
 pub mod noise;
+mod pad_op;
 pub mod params;
 pub mod resample;
 mod resample_op;

@@ -265,13 +265,14 @@ impl ModulatedConv2d {
                     2,
                     0,
                     [(h - 1) * 2 + k, (w - 1) * 2 + k],
+                    1.0,
                 );
                 debug_assert_eq!(t.dims()[1], out);
                 blur.forward(t)
             }
             None => {
                 let p = k / 2;
-                conv2d(x, weight, 1, p)
+                conv2d(x, weight, 1, p, 1.0)
             }
         }
     }

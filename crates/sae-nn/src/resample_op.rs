@@ -25,25 +25,9 @@ use burn::backend::{
     Autodiff, Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor,
 };
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-use burn::tensor::{Shape, Slice, Tensor, TensorData};
+use burn::tensor::{Shape, Tensor, TensorData};
 
-/// Rows (`dim` 2) or columns (`dim` 3) `range` of a 4-D tensor.
-fn narrow<B: Backend>(
-    t: &FloatTensor<B>,
-    dim: usize,
-    range: std::ops::Range<usize>,
-) -> FloatTensor<B> {
-    let slices: Vec<Slice> = (0..4)
-        .map(|d| {
-            if d == dim {
-                Slice::from(range.clone())
-            } else {
-                Slice::from(..)
-            }
-        })
-        .collect();
-    B::float_slice(t.clone(), &slices)
-}
+use crate::pad_op::narrow;
 
 /// `x` with its first and last rows (`dim` 2) or columns (`dim` 3) repeated once more.
 fn edge_pad<B: Backend>(x: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
@@ -266,7 +250,7 @@ pub(crate) fn bilinear_up2(x: Tensor<4>) -> Tensor<4> {
 mod tests {
     use super::*;
     use crate::resample::bilinear_matrix;
-    use burn::tensor::Device;
+    use crate::test_support::{cpu_devices, lcg};
     use burn::tensor::module::conv_transpose2d;
     use burn::tensor::ops::PadMode;
 
@@ -289,29 +273,13 @@ mod tests {
         )
     }
 
-    fn lcg(seed: u32, len: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                (s >> 8) as f32 / (1u32 << 22) as f32 - 2.0
-            })
-            .collect()
-    }
-
     /// Values against `A_h · x · A_wᵀ` in f64 (PyTorch's definition, edges included), and
     /// values and input gradients against the composition it replaced, on every CPU backend
     /// compiled in (Flex runs its own kernels, ndarray the trait's compositions), at sizes with
     /// sides of 1 and 2 (the edge pad's special cases) and odd sides.
     #[test]
     fn matches_the_definition_and_the_composition() {
-        // Explicit devices: `Device::default()` is the GPU backend when one is compiled in.
-        let mut devices = Vec::new();
-        #[cfg(feature = "flex")]
-        devices.push(Device::flex());
-        #[cfg(feature = "ndarray")]
-        devices.push(Device::ndarray());
-        for base in devices {
+        for base in cpu_devices() {
             let device = base.clone().autodiff();
             for [b, c, h, w] in [
                 [2, 3, 5, 7],
