@@ -14,8 +14,10 @@
 //! branch's extra stride-2 convolutions, 2; 1 lets `SPD=3` run at 32 px), `NCROPS` (8),
 //! `PMIN`/`PMAX` (crop scales, 0.125/0.25), `SCH` (structure code channels, 2),
 //! `GL` (texture code length, 128), `ECAP`/`GCAP` (E and G capacity, 0.125/0.0625), `DW`
-//! (D and Dpatch block width, 32). One thread per run (`RAYON_NUM_THREADS=1`) lets two runs
-//! share a 2-core machine at about 1.3× the images per second of one 2-thread run.
+//! (D and Dpatch block width, 32), `PALETTE` (0: any colour; 6–12: each region's colour one of
+//! that many `DISTINCT_COLOURS`, see `SyntheticShapes::with_named_colours`). One thread per
+//! run (`RAYON_NUM_THREADS=1`) lets two runs share a 2-core machine at about 1.3× the images
+//! per second of one 2-thread run.
 //!
 //! The `RESULT` line: training seconds; over 256 swaps (16 structures × 16 textures of the
 //! held-out seed) the swaps whose layout is the structure image's and whose colours are the
@@ -27,7 +29,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use burn::tensor::{Device, Tensor};
-use sae::data::SwapScore;
+use sae::data::{SwapScore, SyntheticShapes};
 use sae::model::image_io::{self, ImageTensor, RgbImage};
 use sae::model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
 use sae::model::{
@@ -69,11 +71,20 @@ fn main() -> Result<(), Error> {
     if run.exists() {
         std::fs::remove_dir_all(&run)?;
     }
-    // The quickstart's training images (same count, size, seed and style).
-    let shapes = base.join("shapes");
+    // The quickstart's training images (same count, size, seed and style), or with `PALETTE`
+    // their colours drawn from that many named colours.
+    let palette: usize = var("PALETTE", 0)?;
+    let data = |s: SyntheticShapes| match palette {
+        0 => s,
+        k => s.with_named_colours(k),
+    };
+    let shapes = base.join(match palette {
+        0 => "shapes".to_string(),
+        k => format!("shapes-palette{k}"),
+    });
     // (write_folder writes the images in order, so the last one marks a finished folder.)
     if !shapes.join(format!("{:06}.png", TRAIN_IMAGES - 1)).exists() {
-        train_set()?.write_folder(&shapes)?;
+        data(train_set()?).write_folder(&shapes)?;
     }
 
     let mut o =
@@ -133,7 +144,7 @@ fn main() -> Result<(), Error> {
         .pop()
         .ok_or("training wrote no checkpoint")?;
     let (model, _) = SwappingAutoencoder::load(&checkpoint, &device)?;
-    let held_out = held_out(32)?;
+    let held_out = data(held_out(32)?);
     let tensor = |i: usize| -> Result<Tensor<4>, Error> {
         let img = ImageTensor::from_rgb8(&held_out.render(i));
         Ok(images_to_tensor(&[img], &device)?)

@@ -37,6 +37,8 @@ pub use loader::{Batch, Loader, LoaderConfig, LoaderState, sample_seed};
 pub use open::open_dataset;
 pub use pca::{DatasetPca, DatasetPcaError, DatasetPcaOptions, dataset_pca};
 pub use sae_model::image_io::ResizeMode;
-pub use synthetic::{SwapScore, SyntheticShapes, SyntheticStyle, write_synthetic_folder};
+pub use synthetic::{
+    DISTINCT_COLOURS, SwapScore, SyntheticShapes, SyntheticStyle, write_synthetic_folder,
+};
 pub use transform::{Augment, CropMode, Preprocessing, TrainTransform};
 pub use zip::{ZipDataset, convert_to_zip};

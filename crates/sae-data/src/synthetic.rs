@@ -44,7 +44,27 @@ pub struct SyntheticShapes {
     size: usize,
     seed: u64,
     style: SyntheticStyle,
+    /// Base colours drawn from the first this many of [`DISTINCT_COLOURS`] (distinct per
+    /// image) instead of any RGB colour.
+    named_colours: Option<usize>,
 }
+
+/// Well-separated colours for [`SyntheticShapes::with_named_colours`] (Sasha Trubetskoy's
+/// list of distinct colours, most distinct first).
+pub const DISTINCT_COLOURS: [[u8; 3]; 12] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [250, 190, 212],
+    [0, 128, 128],
+    [170, 110, 40],
+    [128, 0, 0],
+];
 
 /// How much a [`SyntheticShapes`] image holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -186,7 +206,16 @@ impl SyntheticShapes {
             size,
             seed,
             style: SyntheticStyle::Patterned,
+            named_colours: None,
         })
+    }
+
+    /// The same layouts with each region's (base) colour drawn from the first `count` of
+    /// [`DISTINCT_COLOURS`], no two regions of one image alike, instead of any RGB colour
+    /// (`count` is clamped to `6..=12`: six labels need six colours).
+    pub fn with_named_colours(mut self, count: usize) -> Self {
+        self.named_colours = Some(count.clamp(MAX_LABELS, DISTINCT_COLOURS.len()));
+        self
     }
 
     /// The same count, size and seed in another [`SyntheticStyle`] (the styles draw different
@@ -337,7 +366,18 @@ impl SyntheticShapes {
         let mut rng =
             Xoshiro256PlusPlus::seed_from_u64(mix(TEXTURE_DOMAIN, self.seed, index as u64, 0));
         let mut pick = |lo: u64, hi: u64| lo + below(&mut rng, hi - lo + 1);
-        let palette = std::array::from_fn(|_| std::array::from_fn(|_| pick(0, 255) as u8));
+        let palette = match self.named_colours {
+            None => std::array::from_fn(|_| std::array::from_fn(|_| pick(0, 255) as u8)),
+            Some(count) => {
+                // A partial Fisher-Yates shuffle: the first MAX_LABELS of a permutation.
+                let mut order: Vec<usize> = (0..count).collect();
+                for i in 0..MAX_LABELS {
+                    let j = i + pick(0, (count - 1 - i) as u64) as usize;
+                    order.swap(i, j);
+                }
+                std::array::from_fn(|l| DISTINCT_COLOURS[order[l]])
+            }
+        };
         let kind = pick(0, 2);
         const DIRECTIONS: [(i64, i64); 6] = [(1, 0), (0, 1), (1, 1), (1, -1), (2, 1), (1, 2)];
         let direction = DIRECTIONS[pick(0, 5) as usize];
@@ -459,8 +499,12 @@ impl Dataset for SyntheticShapes {
     }
 
     fn describe(&self) -> String {
+        let colours = match self.named_colours {
+            Some(k) => format!(", {k} named colours"),
+            None => String::new(),
+        };
         format!(
-            "synthetic shapes ({} {:?} images of {}x{}, seed {})",
+            "synthetic shapes ({} {:?} images of {}x{}, seed {}{colours})",
             self.count, self.style, self.size, self.size, self.seed
         )
     }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use image::{ImageEncoder, Rgb, Rgba};
 use sae_data::{
-    Batch, DataError, Dataset, Loader, LoaderConfig, LoaderState, SwapScore, SyntheticShapes,
-    SyntheticStyle, TrainTransform, convert_to_zip, open_dataset, write_synthetic_folder,
+    Batch, DISTINCT_COLOURS, DataError, Dataset, Loader, LoaderConfig, LoaderState, SwapScore,
+    SyntheticShapes, SyntheticStyle, TrainTransform, convert_to_zip, open_dataset,
+    write_synthetic_folder,
 };
 use sae_model::image_io::RgbImage;
 
@@ -541,6 +542,44 @@ fn flat_synthetic_shapes_swap_colours_onto_layouts() {
     let patterned = SyntheticShapes::new(8, 32, 5).expect("synthetic");
     assert_ne!(patterned.render(0), s);
     assert!(flat.describe().contains("Flat"), "{}", flat.describe());
+}
+
+/// Named colours: every region's colour is one of the first `count` distinct colours, no two
+/// regions of an image alike; the layouts are the same images' and the palettes repeat.
+#[test]
+fn named_colours_come_from_the_list_and_differ_per_image() {
+    let any = SyntheticShapes::new(16, 32, 9)
+        .expect("synthetic")
+        .with_style(SyntheticStyle::Flat);
+    let named = any.clone().with_named_colours(6);
+    for i in 0..16 {
+        let img = named.render(i);
+        let mut seen: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        seen.sort();
+        seen.dedup();
+        assert!(
+            seen.iter().all(|c| DISTINCT_COLOURS[..6].contains(c)),
+            "image {i}: {seen:?}"
+        );
+        // One colour per label, so the label maps of both datasets match pixel for pixel.
+        assert_eq!(named.labels(i), any.labels(i));
+        let labels = named.labels(i);
+        let raw = img.as_raw();
+        for (p, &l) in labels.iter().enumerate() {
+            for (q, &m) in labels.iter().enumerate().step_by(13) {
+                assert_eq!(l == m, raw[3 * p..3 * p + 3] == raw[3 * q..3 * q + 3]);
+            }
+        }
+        assert_eq!(named.render(i), img, "deterministic");
+    }
+    // Out-of-range counts are clamped: 0 to the labels' 6, 99 to the list's 12.
+    assert_eq!(any.clone().with_named_colours(0), named);
+    let all = any.with_named_colours(99);
+    assert!((0..16).all(|i| {
+        all.render(i)
+            .pixels()
+            .all(|p| DISTINCT_COLOURS.contains(&p.0))
+    }));
 }
 
 /// `score_swap` gives each of its reference answers the score it documents.
