@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use burn::tensor::{Device, Tensor};
-use sae::data::{SwapScore, SyntheticShapes};
+use sae::data::{DISTINCT_COLOURS, SwapScore, SyntheticShapes};
 use sae::model::image_io::{self, ImageTensor, RgbImage};
 use sae::model::inference::{Decoder, NoiseMode, images_to_tensor, tensor_to_images};
 use sae::model::{
@@ -66,14 +66,21 @@ fn main() -> Result<(), Error> {
     {
         return Err(format!("TAG: letters, digits, - and _ only, got `{tag}`").into());
     }
+    // The quickstart's training images (same count, size, seed and style), or with `PALETTE`
+    // their colours drawn from that many named colours (checked before anything is removed).
+    let palette: usize = var("PALETTE", 0)?;
+    if palette != 0 && !(6..=DISTINCT_COLOURS.len()).contains(&palette) {
+        return Err(format!(
+            "PALETTE: 0 (any colour) or 6 to {} named colours, got {palette}",
+            DISTINCT_COLOURS.len()
+        )
+        .into());
+    }
     let base = PathBuf::from("target/quickstart-sweep");
     let run = base.join(&tag);
     if run.exists() {
         std::fs::remove_dir_all(&run)?;
     }
-    // The quickstart's training images (same count, size, seed and style), or with `PALETTE`
-    // their colours drawn from that many named colours.
-    let palette: usize = var("PALETTE", 0)?;
     let data = |s: SyntheticShapes| match palette {
         0 => s,
         k => s.with_named_colours(k),

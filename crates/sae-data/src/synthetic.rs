@@ -210,9 +210,12 @@ impl SyntheticShapes {
         })
     }
 
-    /// The same layouts with each region's (base) colour drawn from the first `count` of
-    /// [`DISTINCT_COLOURS`], no two regions of one image alike, instead of any RGB colour
-    /// (`count` is clamped to `6..=12`: six labels need six colours).
+    /// The same layouts with other textures: each region's (base) colour is drawn from the
+    /// first `count` of [`DISTINCT_COLOURS`], no two regions of one image alike, instead of
+    /// any RGB colour (`count` is clamped to `6..=12`: six labels need six colours). The
+    /// texture's other draws follow in the same stream, so in the
+    /// [`SyntheticStyle::Patterned`] style the patterns differ from the any-colour images'
+    /// too; [`SyntheticStyle::Flat`] images have none.
     pub fn with_named_colours(mut self, count: usize) -> Self {
         self.named_colours = Some(count.clamp(MAX_LABELS, DISTINCT_COLOURS.len()));
         self

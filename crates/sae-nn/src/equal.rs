@@ -71,7 +71,8 @@ pub struct EqualConv2d {
 }
 
 impl EqualConv2d {
-    /// The weight as the convolution uses it (scaled).
+    /// The effective weight, `weight · scale` (the convolution itself applies the scale in
+    /// its GEMMs rather than building this tensor).
     pub fn scaled_weight(&self) -> Tensor<4> {
         self.weight.val() * self.scale
     }
