@@ -79,7 +79,7 @@ pub trait ActBackend: Backend {
 mod flex {
     //! One pass each over contiguous `f32` data; anything else takes the trait's composition.
     use super::*;
-    use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
+    use crate::flex_data::{CHUNK, contiguous_f32, from_values, planes_per_task, values};
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use rayon::prelude::*;
@@ -90,7 +90,7 @@ mod flex {
     /// `(planes per task, elements per plane)` for a `[batch, C, ...]` tensor.
     fn planes(shape: &Shape) -> (usize, usize) {
         let plane: usize = shape.iter().skip(2).product();
-        (CHUNK.div_ceil(plane.max(1)).max(1), plane)
+        (planes_per_task(plane), plane)
     }
 
     impl ActBackend for Flex {

@@ -1,7 +1,6 @@
 //! `ConvLayer` and `ResBlock` (official `models/networks/stylegan2_layers.py`): the convolutions
 //! of E, D and Dpatch.
 
-use crate::pad_op::reflect_pad;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Device;
@@ -10,6 +9,7 @@ use burn::tensor::Tensor;
 use crate::act::{FusedLeakyReLU, FusedLeakyReLUConfig, leaky_relu_vjp, scaled_leaky_relu};
 use crate::equal::{EqualConv2d, EqualConv2dConfig};
 use crate::fir::{Blur, BlurConfig};
+use crate::pad_op::reflect_pad;
 
 /// Configuration of a [`ConvLayer`], with the official constructor's arguments and defaults.
 #[derive(Config, Debug)]

@@ -76,7 +76,7 @@ mod flex {
     //! keep Flex's convolution.
     use super::*;
     use crate::conv_kernels::with_spare;
-    use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
+    use crate::flex_data::{contiguous_f32, from_values, planes_per_task, values};
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use rayon::prelude::*;
@@ -143,7 +143,7 @@ mod flex {
         // Each plane is copied into a zero-bordered buffer first, so that the inner loops have
         // no bounds: `ho + k − 1` rows of `wo + k − 1`.
         let (ph, pw) = (ho + k - 1, wo + k - 1);
-        let planes_per_task = CHUNK.div_ceil(ho * wo).max(1);
+        let planes_per_task = planes_per_task(ho * wo);
         out.spare_capacity_mut()[..len]
             .par_chunks_mut(planes_per_task * ho * wo)
             .enumerate()

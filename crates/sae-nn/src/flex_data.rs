@@ -32,3 +32,9 @@ pub fn from_values(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
 /// Elements per parallel task of our element-wise kernels: below this a task is not worth a
 /// hand-off to rayon.
 pub const CHUNK: usize = 16 * 1024;
+
+/// Planes per parallel task for planes of `plane` elements: about [`CHUNK`] elements, at least
+/// one plane.
+pub fn planes_per_task(plane: usize) -> usize {
+    CHUNK.div_ceil(plane.max(1)).max(1)
+}

@@ -44,7 +44,6 @@ macro_rules! composition_on_other_backends {
 /// Inputs and devices shared by the operations' unit tests.
 #[cfg(test)]
 mod test_support {
-
     /// `len` values in [−2, 2) from a linear congruential generator started at `seed`:
     /// deterministic inputs, so every run tests the same values.
     pub(crate) fn lcg(seed: u32, len: usize) -> Vec<f32> {

@@ -115,7 +115,7 @@ mod flex {
     //! One pass per plane over contiguous `f32` data; anything else takes the trait's
     //! composition.
     use super::*;
-    use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
+    use crate::flex_data::{contiguous_f32, from_values, planes_per_task, values};
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use rayon::prelude::*;
@@ -129,12 +129,6 @@ mod flex {
         } else {
             2 * (n - 1) - (i - p0)
         }
-    }
-
-    /// Planes per task for planes of `len` elements: about [`CHUNK`] elements, at least one
-    /// plane.
-    fn planes_per_task(len: usize) -> usize {
-        CHUNK.div_ceil(len.max(1)).max(1)
     }
 
     impl PadBackend for Flex {
@@ -193,9 +187,9 @@ mod flex {
                 .zip(gs.par_chunks(per * plane_out))
                 .for_each(|(dx, gs)| {
                     for (dx, g) in dx.chunks_mut(plane_in).zip(gs.chunks(plane_out)) {
-                        // Padded rows in order onto the rows they mirror, so the sums are the
-                        // same on every run.
-                        // Within a row: the columns before, the inner ones, the ones after.
+                        // Padded rows in order onto the rows they mirror, and within a row the
+                        // columns before, the inner ones, then the ones after: the same sums on
+                        // every run.
                         for (i, g) in g.chunks(wp).enumerate() {
                             let row = &mut dx[mirror(i, p0, h) * w..][..w];
                             let (before, rest) = g.split_at(p0);

@@ -111,17 +111,11 @@ mod flex {
     //! One separable pass per plane over contiguous `f32` data; anything else takes the
     //! trait's composition.
     use super::*;
-    use crate::flex_data::{CHUNK, contiguous_f32, from_values, values};
+    use crate::flex_data::{contiguous_f32, from_values, planes_per_task, values};
     use crate::resample::linear_taps;
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use rayon::prelude::*;
-
-    /// Planes per task for output planes of `len` elements: about [`CHUNK`] outputs, at least
-    /// one plane.
-    fn planes_per_task(len: usize) -> usize {
-        CHUNK.div_ceil(len.max(1)).max(1)
-    }
 
     impl ResampleBackend for Flex {
         fn sae_bilinear_up2(x: FlexTensor) -> FlexTensor {
