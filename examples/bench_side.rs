@@ -151,6 +151,13 @@ fn train(config: &str, batch: usize, repeats: usize, device: &Device) -> String 
 
     opts.losses.r1_once_every = 1_000_000;
     let (d, g) = time_steps(&opts, &root.join("run-a"), repeats, device);
+    // With `--features op-profile` and SAE_OP_PROFILE set: where the D and G steps above
+    // (warm-up calls included) spent their time, by operation and shape.
+    #[cfg(feature = "op-profile")]
+    if sae::nn::op_profile::enabled() {
+        eprint!("{}", sae::nn::op_profile::report(60));
+        sae::nn::op_profile::reset();
+    }
     opts.losses.r1_once_every = 1;
     let (d_r1, _) = time_steps(&opts, &root.join("run-b"), repeats, device);
     let _ = std::fs::remove_dir_all(&root);

@@ -9,7 +9,13 @@ both sides' achieved GFLOP/s. The machine's f32 peak is measured as the faster o
 product in PyTorch and in Burn.
 
     cargo build --release -p swapping-autoencoder -p sae-cli --examples --bins
-    .venv/bin/python tools/reference/bench_side.py [--quick] [--only NAME,...] [--json out.json]
+    .venv/bin/python tools/reference/bench_side.py [--quick] [--only NAME,...] [--rounds N]
+        [--json out.json]
+
+This machine's neighbours move a single run's ratio by ±0.05 and more: `--rounds 3` runs each case
+three times, the side that goes first alternating, and reports the median ratio with its range.
+`--json` writes, per case, each side's results of every round (`ours`, `torch`: lists) and peak
+RSS (`rss_ours`, `rss_torch`), and the matmul rates.
 
 Cases (NAME): swap1, swap8 (church-256 swap, 256 px, batch 1 / 8: encode both images, decode
 with fixed noise), cfg128 (the 128-px configuration, batch 4), church256 (batch 2), tiny
@@ -228,6 +234,10 @@ def main():
                     help="our benchmark binary (cargo build --release -p swapping-autoencoder "
                          "-p sae-cli --examples --bins)")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run each case this many times, the two sides alternating; the table "
+                         "gives medians over the rounds and each ratio's median and range over "
+                         "them (default 1)")
     a = ap.parse_args()
     if a.worker:
         return worker(a.worker)
@@ -235,6 +245,8 @@ def main():
     for n in names:
         if n not in CASES:
             raise SystemExit(f"--only: unknown case {n!r}; cases: {', '.join(CASES)}")
+    if a.rounds < 1:
+        raise SystemExit(f"--rounds: must be at least 1, got {a.rounds}")
     if not Path(a.bin).is_file():
         raise SystemExit(f"--bin: {a.bin} does not exist; run "
                          "`cargo build --release -p swapping-autoencoder -p sae-cli --examples "
@@ -251,47 +263,64 @@ def main():
         reps = str(quick if a.quick else repeats)
         args = ["swap", str(batch), reps] if kind == "swap" else \
             ["train", config, str(batch), reps]
-        print(f"running {n} ...", file=sys.stderr, flush=True)
-        ours, ours_rss = run([a.bin] + args)
-        theirs, torch_rss = run(me + args)
-        results[n] = {"ours": ours, "torch": theirs, "rss": {"ours": ours_rss,
-                                                             "torch": torch_rss}}
+        rounds = {"ours": [], "torch": [], "rss_ours": [], "rss_torch": []}
+        for i in range(a.rounds):
+            print(f"running {n} ({i + 1}/{a.rounds}) ...", file=sys.stderr, flush=True)
+            # Which side goes first alternates, so that a drift of the machine's load within a
+            # case does not always favour the same side.
+            if i % 2 == 0:
+                ours, ours_rss = run([a.bin] + args)
+                theirs, torch_rss = run(me + args)
+            else:
+                theirs, torch_rss = run(me + args)
+                ours, ours_rss = run([a.bin] + args)
+            for key, v in (("ours", ours), ("torch", theirs), ("rss_ours", ours_rss),
+                           ("rss_torch", torch_rss)):
+                rounds[key].append(v)
+        results[n] = rounds
 
     print(f"\nBurn flex against PyTorch {torch.__version__} (CPU), {THREADS} threads each, "
           f"{os.cpu_count()} cores; medians; {'quick run, ' if a.quick else ''}"
           f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s "
-          f"(Burn {mm['ours'] / 1e9:.0f}, PyTorch {mm['torch'] / 1e9:.0f})\n")
-    print("| work | ours | PyTorch | ratio | ours GFLOP/s (% peak) | PyTorch GFLOP/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"(Burn {mm['ours'] / 1e9:.0f}, PyTorch {mm['torch'] / 1e9:.0f})"
+          + (f"; {a.rounds} rounds, the sides alternating: times are medians over the rounds, "
+             "a ratio is the median of the rounds' ratios (their range beside it)"
+             if a.rounds > 1 else "") + "\n")
+    many = a.rounds > 1
+    print("| work | ours | PyTorch | ratio |" + (" ratio range |" if many else "")
+          + " ours GFLOP/s (% peak) | PyTorch GFLOP/s |")
+    print("|---|---:|---:|---:|" + ("---:|" if many else "") + "---:|---:|")
 
-    def row(label, t_ours, t_torch, flops=None):
+    def row(label, r, key, flops=None):
+        t_ours = statistics.median(o[key] for o in r["ours"])
+        t_torch = statistics.median(t[key] for t in r["torch"])
+        ratios = [o[key] / t[key] for o, t in zip(r["ours"], r["torch"])]
+        spread = f" {min(ratios):.2f}–{max(ratios):.2f} |" if many else ""
         gf = ""
         tf = ""
         if flops:
             gf = f"{flops / t_ours / 1e9:.0f} ({100 * flops / t_ours / peak:.0f} %)"
             tf = f"{flops / t_torch / 1e9:.0f}"
-        print(f"| {label} | {fmt_s(t_ours)} | {fmt_s(t_torch)} | **{t_ours / t_torch:.2f}** "
-              f"| {gf} | {tf} |")
+        print(f"| {label} | {fmt_s(t_ours)} | {fmt_s(t_torch)} | "
+              f"**{statistics.median(ratios):.2f}** |{spread} {gf} | {tf} |")
 
     for n in names:
         r = results[n]
-        o, t = r["ours"], r["torch"]
         kind, config, batch, _, _ = CASES[n]
+        f = r["torch"][0]["flops"]
         if kind == "swap":
-            row(f"church-256 swap, 256 px, batch {batch}", o["swap"], t["swap"],
-                t["flops"]["swap"])
+            row(f"church-256 swap, 256 px, batch {batch}", r, "swap", f["swap"])
             continue
-        f = t["flops"]
         label = f"{config}, batch {batch}"
-        row(f"{label}: D step", o["d"], t["d"], f["d"])
-        row(f"{label}: R1 step", o["r1"], t["r1"])
-        row(f"{label}: G step", o["g"], t["g"], f["g"])
-        row(f"{label}: official schedule (D + G + R1/16)", o["schedule"], t["schedule"],
-            f["d"] + f["g"])
+        row(f"{label}: D step", r, "d", f["d"])
+        row(f"{label}: R1 step", r, "r1")
+        row(f"{label}: G step", r, "g", f["g"])
+        row(f"{label}: official schedule (D + G + R1/16)", r, "schedule", f["d"] + f["g"])
     print("\n| case | ours peak RSS | PyTorch peak RSS | ratio |")
     print("|---|---:|---:|---:|")
     for n in names:
-        o, t = results[n]["rss"]["ours"], results[n]["rss"]["torch"]
+        # The highest peak over the rounds, each side: the memory a user must have.
+        o, t = max(results[n]["rss_ours"]), max(results[n]["rss_torch"])
         print(f"| {n} | {o / 2**30:.2f} GB | {t / 2**30:.2f} GB | **{o / t:.2f}** |")
     print("\nThe R1 rows have no GFLOP/s: PyTorch's double backward and our input-VJPs do "
           "different work. GFLOP/s of the schedule row counts D + G only.")

@@ -95,6 +95,7 @@ mod flex {
 
     impl ActBackend for Flex {
         fn sae_bias_lrelu(x: FlexTensor, bias: FlexTensor) -> FlexTensor {
+            crate::op_timer!("bias_lrelu {:?}", x.shape());
             let shape = x.shape();
             let (Some(xc), Some(bc)) = (contiguous_f32(&x), contiguous_f32(&bias)) else {
                 return default_bias_lrelu::<Flex>(x, bias);
@@ -126,6 +127,7 @@ mod flex {
         }
 
         fn sae_lrelu_grad(y: FlexTensor, g: FlexTensor) -> FlexTensor {
+            crate::op_timer!("lrelu_grad {:?}", g.shape());
             let shape = g.shape();
             let (Some(yc), Some(gc)) = (contiguous_f32(&y), contiguous_f32(&g)) else {
                 return default_lrelu_grad::<Flex>(y, g);
@@ -150,6 +152,7 @@ mod flex {
         }
 
         fn sae_channel_sum(t: FlexTensor) -> FlexTensor {
+            crate::op_timer!("channel_sum {:?}", t.shape());
             let shape = t.shape();
             let Some(tc) = contiguous_f32(&t) else {
                 return default_channel_sum::<Flex>(t);

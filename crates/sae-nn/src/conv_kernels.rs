@@ -18,10 +18,15 @@
 //!
 //! Tiles are whole output rows, at least 256 pixels of them where the plane has them (all but
 //! an image's last tile; each tile streams the whole weight matrix) and more while the column
-//! buffer stays in L2; the tasks run on rayon's pool (the pool Flex uses), each GEMM
-//! single-threaded, except where there are fewer tiles (forward) or images (col2im input
+//! buffer stays in L2. Where a whole plane has fewer than 256 pixels and the weight is large
+//! (the discriminator's 4–16-px layers at 512 channels), a tile holds several images side by
+//! side instead, their output-gradient planes gathered and their outputs scattered by copies.
+//! The tasks run on rayon's pool (the pool Flex uses), each GEMM single-threaded, except where
+//! there are fewer tiles (forward), tasks (col2im input gradient) or partial sums (weight
 //! gradient) than threads: then the tiles run one after another, each GEMM on the whole pool,
-//! and their im2col / col2im split by channel over the pool.
+//! and their im2col / col2im split by channel over the pool. Stride-2 im2col and col2im go
+//! through each input row's even and odd columns, so that every tap is a contiguous copy or
+//! add rather than a gather or scatter of every other element.
 //!
 //! Large stride-1 3×3 convolutions (forward, input gradient, weight gradient) and large
 //! transposed 3×3 stride-2 ones (the generator's upsampling) run as Winograd's minimal
@@ -43,6 +48,19 @@ use crate::flex_data::CHUNK;
 /// of one output row, a 32-px plane gave 32 columns per pass and a 16-px plane 16, and those
 /// GEMMs ran at half the speed of wide ones (`bench_conv`, `docs/performance.md`).
 const MIN_TILE_PIXELS: usize = 256;
+
+/// Weight elements (1 MiB of floats) from which [`conv_weight_grad`] sums into one buffer and
+/// tiles of small planes hold several images ([`ConvGeom::images_per_tile`]).
+const LARGE_WEIGHT: usize = 1 << 18;
+
+/// [`LARGE_WEIGHT`], or the limit a test set for its thread.
+fn large_weight() -> usize {
+    #[cfg(test)]
+    if let Some(limit) = tests::WEIGHT_LIMIT.get() {
+        return limit;
+    }
+    LARGE_WEIGHT
+}
 
 /// A convolution's geometry: square kernel, equal stride and padding on both axes, no dilation,
 /// no groups (the only convolutions of the networks that are not FIR filters).
@@ -112,14 +130,49 @@ impl ConvGeom {
             .clamp(1, self.ho)
     }
 
-    /// Every (image, first row, end row) the passes iterate over.
-    fn tiles(&self) -> Vec<(usize, usize, usize)> {
+    /// Images per tile where a whole output plane has fewer than [`MIN_TILE_PIXELS`] pixels
+    /// and the weight is large ([`LARGE_WEIGHT`]): enough planes side by side for that many
+    /// GEMM columns. Every tile streams the whole weight through the GEMM, so at 4–16-px planes
+    /// and 512 channels one image per tile ran the weight gradient at 18–110 GFLOP/s
+    /// (`docs/performance.md`, ninth round). A small weight stays in cache, and there the
+    /// copies that put the planes side by side cost more than they save (the `tiny` and
+    /// `quickstart` steps ran 3–10 % slower with them).
+    fn images_per_tile(&self) -> usize {
+        if self.co * self.kk() < large_weight() {
+            return 1;
+        }
+        MIN_TILE_PIXELS.div_ceil(self.ho * self.wo).clamp(1, self.b)
+    }
+
+    /// Every tile the passes iterate over: rows of one image, or (on planes smaller than
+    /// [`MIN_TILE_PIXELS`]) several whole images, the batch split as evenly as
+    /// [`Self::images_per_tile`] allows. Only the geometry decides them, never the thread
+    /// count: the weight gradient's sums follow them.
+    fn tiles(&self) -> Vec<Tile> {
+        let per = self.images_per_tile();
+        if per > 1 {
+            let groups = self.b.div_ceil(per);
+            return (0..groups)
+                .map(|i| {
+                    let (b0, b1) = (i * self.b / groups, (i + 1) * self.b / groups);
+                    Tile {
+                        b: b0,
+                        nb: b1 - b0,
+                        y0: 0,
+                        y1: self.ho,
+                    }
+                })
+                .collect();
+        }
         let r = self.rows_per_tile();
         (0..self.b)
             .flat_map(|b| {
-                (0..self.ho)
-                    .step_by(r)
-                    .map(move |y0| (b, y0, (y0 + r).min(self.ho)))
+                (0..self.ho).step_by(r).map(move |y0| Tile {
+                    b,
+                    nb: 1,
+                    y0,
+                    y1: (y0 + r).min(self.ho),
+                })
             })
             .collect()
     }
@@ -128,6 +181,29 @@ impl ConvGeom {
     /// image.
     fn valid_cols(&self, kw: usize) -> (usize, usize) {
         valid_range(self.w, self.wo, self.stride, self.pad, kw)
+    }
+}
+
+/// A tile of output pixels: rows `[y0, y1)` of images `[b, b + nb)` (several images only with
+/// whole planes). Its column matrix holds the images side by side: `nb` blocks of
+/// `(y1 − y0)·wo` columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tile {
+    b: usize,
+    nb: usize,
+    y0: usize,
+    y1: usize,
+}
+
+impl Tile {
+    /// Columns per image.
+    fn image_cols(&self, g: &ConvGeom) -> usize {
+        (self.y1 - self.y0) * g.wo
+    }
+
+    /// GEMM columns, all images.
+    fn cols(&self, g: &ConvGeom) -> usize {
+        self.nb * self.image_cols(g)
     }
 }
 
@@ -196,38 +272,79 @@ pub(crate) fn with_spare<const N: usize, R>(
     r
 }
 
-/// Runs `f(columns, row_stride)` on the column matrix `[kk, (y1 − y0)·wo]` of rows
-/// `[y0, y1)` of one image `xb`: the image itself for a pointwise convolution (its rows of
-/// pixels, stride `ho·wo`), else a buffer of this thread's ([`with_spare`]) filled by
-/// [`im2col`] on the calling thread.
-fn with_tile<R>(
-    xb: &[f32],
-    g: &ConvGeom,
-    rows: (usize, usize),
-    f: impl FnOnce(*const f32, usize) -> R,
-) -> R {
-    with_spare([0], |[col]| with_tile_in(xb, g, rows, col, false, f))
-}
-
-/// [`with_tile`] with the caller's buffer, filled on the pool with `parallel` (for a caller
-/// whose GEMM then runs on the whole pool too).
+/// Runs `f(columns, row_stride)` on the column matrix `[kk, tile.cols()]` of `tile` of the
+/// batch `x`: the image itself for a pointwise convolution of one image's rows (its rows of
+/// pixels, stride `ho·wo`), else `col` filled by [`im2col`], on the pool with `parallel` (for a
+/// caller whose GEMM then runs on the whole pool too), else on the calling thread.
 fn with_tile_in<R>(
-    xb: &[f32],
+    x: &[f32],
     g: &ConvGeom,
-    (y0, y1): (usize, usize),
+    tile: Tile,
     col: &mut Vec<f32>,
     parallel: bool,
     f: impl FnOnce(*const f32, usize) -> R,
 ) -> R {
-    if g.is_pointwise() {
-        return f(xb[y0 * g.wo..].as_ptr(), g.ho * g.wo);
+    let plane_in = g.ci * g.h * g.w;
+    if g.is_pointwise() && tile.nb == 1 {
+        return f(
+            x[tile.b * plane_in + tile.y0 * g.wo..].as_ptr(),
+            g.ho * g.wo,
+        );
     }
-    let t = (y1 - y0) * g.wo;
+    let (ti, t) = (tile.image_cols(g), tile.cols(g));
     if col.len() < g.kk() * t {
         col.resize(g.kk() * t, 0.0);
     }
-    im2col(xb, g, y0, y1, &mut col[..g.kk() * t], parallel);
+    for j in 0..tile.nb {
+        let xb = &x[(tile.b + j) * plane_in..][..plane_in];
+        let dst = &mut col[j * ti..g.kk() * t];
+        im2col(xb, g, (tile.y0, tile.y1), dst, t, parallel);
+    }
     f(col.as_ptr(), t)
+}
+
+/// `dst [rows, nb·n]` ← `src`'s `nb` blocks of `[rows, n]` (block stride `block`, row stride
+/// `n`) side by side: the GEMM operand of a tile of several images, whose planes are not one
+/// strided matrix in NCHW.
+fn gather_images(src: &[f32], dst: &mut [f32], [nb, rows, n]: [usize; 3], block: usize) {
+    for j in 0..nb {
+        for r in 0..rows {
+            dst[r * nb * n + j * n..][..n].copy_from_slice(&src[j * block + r * n..][..n]);
+        }
+    }
+}
+
+/// The output-gradient tile `[co, tile.cols()]` of `grad [b, co, ho, wo]` as (pointer, row
+/// stride): in place for one image's rows (row stride `ho·wo`), else its images' planes
+/// gathered side by side into `buf`.
+fn grad_tile(grad: &[f32], g: &ConvGeom, tile: Tile, buf: &mut Vec<f32>) -> (*const f32, usize) {
+    let (plane, t) = (g.ho * g.wo, tile.cols(g));
+    if tile.nb == 1 {
+        return (
+            grad[tile.b * g.co * plane + tile.y0 * g.wo..].as_ptr(),
+            plane,
+        );
+    }
+    if buf.len() < g.co * t {
+        buf.resize(g.co * t, 0.0);
+    }
+    let block = g.co * plane;
+    gather_images(
+        &grad[tile.b * block..][..tile.nb * block],
+        &mut buf[..g.co * t],
+        [tile.nb, g.co, plane],
+        block,
+    );
+    (buf.as_ptr(), t)
+}
+
+/// The inverse of [`gather_images`]: a tile's GEMM result back into its images' planes.
+fn scatter_images(src: &[f32], dst: &mut [f32], [nb, rows, n]: [usize; 3], block: usize) {
+    for j in 0..nb {
+        for r in 0..rows {
+            dst[j * block + r * n..][..n].copy_from_slice(&src[r * nb * n + j * n..][..n]);
+        }
+    }
 }
 
 /// `dst[m×n] (+)= scale · lhs[m×k] · rhs[k×n]`, all strided; on rayon's pool when `parallel`,
@@ -282,21 +399,28 @@ unsafe fn gemm(
 }
 
 /// The column matrix of output rows `[y0, y1)` of one image `x [ci, h, w]`: row
-/// `(c·k + kh)·k + kw`, column `(oy − y0)·wo + ox`, holding `x[c, oy·s + kh − p, ox·s + kw − p]`
-/// (zero outside the image).
+/// `(c·k + kh)·k + kw` (at `ld` floats from the previous one), column `(oy − y0)·wo + ox`,
+/// holding `x[c, oy·s + kh − p, ox·s + kw − p]` (zero outside the image). `ld` is wider than
+/// the image's columns where other images' columns sit beside them (a [`Tile`] of several).
 ///
 /// With `parallel`, the channels are split over rayon's pool (each writes its own `k·k` rows):
 /// for the tiles that run one after another with the GEMM on the whole pool, whose im2col
 /// would otherwise leave the other threads idle.
-fn im2col(x: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32], parallel: bool) {
-    let rows = g.k * g.k * (y1 - y0) * g.wo;
+fn im2col(
+    x: &[f32],
+    g: &ConvGeom,
+    rows: (usize, usize),
+    col: &mut [f32],
+    ld: usize,
+    parallel: bool,
+) {
     let fill = if g.stride == 1 && g.wo == g.w {
         im2col_same
     } else {
         im2col_plane
     };
-    per_channel(col, rows, x, g.h * g.w, parallel, |col, plane| {
-        fill(plane, g, y0, y1, col)
+    per_channel(col, g.k * g.k * ld, x, g.h * g.w, parallel, |col, plane| {
+        fill(plane, g, rows, col, ld)
     });
 }
 
@@ -322,41 +446,91 @@ fn per_channel(
     }
 }
 
+std::thread_local! {
+    /// The stride-2 paths' input rows split by column parity ([`im2col_plane`],
+    /// [`col2im_add_plane`]), kept between calls.
+    static PHASES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The input rows `[iy0, iy1)` that output rows `[y0, y1)` read through a `k`-tap kernel.
+fn input_rows(g: &ConvGeom, (y0, y1): (usize, usize)) -> (usize, usize) {
+    let iy0 = (y0 * g.stride).saturating_sub(g.pad).min(g.h);
+    let iy1 = ((y1 - 1) * g.stride + g.k)
+        .saturating_sub(g.pad)
+        .clamp(iy0, g.h);
+    (iy0, iy1)
+}
+
+/// For stride 2: where input column `2·ox + kw − pad` sits in its row's phases
+/// (`[parity][half]`): the phase of `kw − pad`'s parity, at `ox + m` for `m = ⌊(kw − pad)/2⌋`.
+fn phase_of(kw: usize, pad: usize) -> (usize, isize) {
+    let q = kw as isize - pad as isize;
+    (q.rem_euclid(2) as usize, q.div_euclid(2))
+}
+
 /// [`im2col`] of one channel: `plane [h, w]` into its `k·k` column rows.
-fn im2col_plane(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
-    let (k, s, wo) = (g.k, g.stride, g.wo);
+fn im2col_plane(plane: &[f32], g: &ConvGeom, (y0, y1): (usize, usize), col: &mut [f32], ld: usize) {
+    let (k, s, wo, w) = (g.k, g.stride, g.wo, g.w);
     let t = (y1 - y0) * wo;
-    for kh in 0..k {
-        let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
-        for kw in 0..k {
-            let (lo, hi) = g.valid_cols(kw);
-            let row = &mut col[(kh * k + kw) * t..][..t];
-            for (r, oy) in (y0..y1).enumerate() {
-                let dst = &mut row[r * wo..(r + 1) * wo];
-                if oy < ylo || oy >= yhi {
-                    dst.fill(0.0);
-                    continue;
+    // Stride 2: the input rows the tile reads, each split once into its even and odd columns
+    // (`[row][parity][half]`), so that every tap's column row is a contiguous copy instead of
+    // a gather of every other element (which was 6 % of a 128-px training step).
+    let half = w.div_ceil(2);
+    let (iy0, iy1) = input_rows(g, (y0, y1));
+    PHASES.with_borrow_mut(|phases| {
+        if s == 2 {
+            phases.resize((iy1 - iy0) * 2 * half, 0.0);
+            for (split, src) in phases
+                .chunks_exact_mut(2 * half)
+                .zip(plane[iy0 * w..iy1 * w].chunks_exact(w))
+            {
+                let (even, odd) = split.split_at_mut(half);
+                for (pair, (e, o)) in src.chunks_exact(2).zip(even.iter_mut().zip(odd.iter_mut())) {
+                    *e = pair[0];
+                    *o = pair[1];
                 }
-                let src = &plane[(oy * s + kh - g.pad) * g.w..][..g.w];
-                dst[..lo].fill(0.0);
-                dst[hi..].fill(0.0);
-                if lo == hi {
-                    // No output column of this tap reads the image (a kernel wider than
-                    // the padded row reaches past it).
-                    continue;
+                if w % 2 == 1 {
+                    even[half - 1] = src[w - 1];
                 }
-                if s == 1 {
-                    let start = lo + kw - g.pad;
-                    dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
-                } else {
-                    let taps = src[lo * s + kw - g.pad..].iter().step_by(s);
-                    for (d, v) in dst[lo..hi].iter_mut().zip(taps) {
-                        *d = *v;
+            }
+        }
+        for kh in 0..k {
+            let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
+            for kw in 0..k {
+                let (lo, hi) = g.valid_cols(kw);
+                let row = &mut col[(kh * k + kw) * ld..][..t];
+                for (r, oy) in (y0..y1).enumerate() {
+                    let dst = &mut row[r * wo..(r + 1) * wo];
+                    if oy < ylo || oy >= yhi {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let iy = oy * s + kh - g.pad;
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if lo == hi {
+                        // No output column of this tap reads the image (a kernel wider than
+                        // the padded row reaches past it).
+                        continue;
+                    }
+                    if s == 1 {
+                        let start = lo + kw - g.pad;
+                        dst[lo..hi].copy_from_slice(&plane[iy * w + start..][..hi - lo]);
+                    } else if s == 2 {
+                        let (parity, m) = phase_of(kw, g.pad);
+                        let phase = &phases[((iy - iy0) * 2 + parity) * half..][..half];
+                        let start = (lo as isize + m) as usize;
+                        dst[lo..hi].copy_from_slice(&phase[start..start + hi - lo]);
+                    } else {
+                        let taps = plane[iy * w + lo * s + kw - g.pad..].iter().step_by(s);
+                        for (d, v) in dst[lo..hi].iter_mut().zip(taps) {
+                            *d = *v;
+                        }
                     }
                 }
             }
         }
-    }
+    });
 }
 
 /// [`im2col_plane`] for a stride-1 "same" convolution (`2·pad = k − 1`, so `wo = w`): the source
@@ -364,7 +538,7 @@ fn im2col_plane(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f3
 /// copy of the plane shifted by `(kh − p)·w + (kw − p)`, after which the columns that wrapped
 /// around a row edge are zeroed. At the 4–32-px planes of the small models this replaces a
 /// copy per output row by one per tap.
-fn im2col_same(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32]) {
+fn im2col_same(plane: &[f32], g: &ConvGeom, (y0, y1): (usize, usize), col: &mut [f32], ld: usize) {
     let (k, p, w) = (g.k, g.pad, g.w);
     let plane_len = g.h * w;
     let t = (y1 - y0) * w;
@@ -372,7 +546,7 @@ fn im2col_same(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32
         let (ylo, yhi) = valid_range(g.h, g.ho, 1, p, kh);
         let (a, b) = (ylo.clamp(y0, y1), yhi.clamp(y0, y1).max(ylo.clamp(y0, y1)));
         for kw in 0..k {
-            let row = &mut col[(kh * k + kw) * t..][..t];
+            let row = &mut col[(kh * k + kw) * ld..][..t];
             // Rows above and below the image.
             row[..(a - y0) * w].fill(0.0);
             row[(b - y0) * w..].fill(0.0);
@@ -403,46 +577,90 @@ fn im2col_same(plane: &[f32], g: &ConvGeom, y0: usize, y1: usize, col: &mut [f32
     }
 }
 
-/// The adjoint of [`im2col`]: adds the column matrix of rows `[y0, y1)` into `x [ci, h, w]`;
-/// with `parallel`, the channels split over rayon's pool as in [`im2col`].
-fn col2im_add(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, x: &mut [f32], parallel: bool) {
-    let rows = g.k * g.k * (y1 - y0) * g.wo;
-    per_channel(x, g.h * g.w, col, rows, parallel, |plane, col| {
-        col2im_add_plane(col, g, y0, y1, plane)
+/// The adjoint of [`im2col`]: adds the column matrix of rows `[y0, y1)` (rows `ld` floats
+/// apart) into `x [ci, h, w]`; with `parallel`, the channels split over rayon's pool as in
+/// [`im2col`].
+fn col2im_add(
+    col: &[f32],
+    g: &ConvGeom,
+    rows: (usize, usize),
+    ld: usize,
+    x: &mut [f32],
+    parallel: bool,
+) {
+    per_channel(x, g.h * g.w, col, g.k * g.k * ld, parallel, |plane, col| {
+        col2im_add_plane(col, g, rows, ld, plane)
     });
 }
 
 /// [`col2im_add`] of one channel: its `k·k` column rows into `plane [h, w]`.
-fn col2im_add_plane(col: &[f32], g: &ConvGeom, y0: usize, y1: usize, plane: &mut [f32]) {
-    let (k, s, wo) = (g.k, g.stride, g.wo);
+fn col2im_add_plane(
+    col: &[f32],
+    g: &ConvGeom,
+    (y0, y1): (usize, usize),
+    ld: usize,
+    plane: &mut [f32],
+) {
+    let (k, s, wo, w) = (g.k, g.stride, g.wo, g.w);
     let t = (y1 - y0) * wo;
-    for kh in 0..k {
-        let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
-        for kw in 0..k {
-            let (lo, hi) = g.valid_cols(kw);
-            if lo == hi {
-                continue;
-            }
-            let row = &col[(kh * k + kw) * t..][..t];
-            for (r, oy) in (y0..y1)
-                .enumerate()
-                .filter(|(_, oy)| *oy >= ylo && *oy < yhi)
-            {
-                let src = &row[r * wo..(r + 1) * wo];
-                let dst = &mut plane[(oy * s + kh - g.pad) * g.w..][..g.w];
-                if s == 1 {
-                    let start = lo + kw - g.pad;
-                    for (d, v) in dst[start..start + hi - lo].iter_mut().zip(&src[lo..hi]) {
+    // Stride 2: the sums collect in the rows' even and odd phases (contiguous adds), which
+    // are then added into the plane once, as im2col_plane reads them.
+    let half = w.div_ceil(2);
+    let (iy0, iy1) = input_rows(g, (y0, y1));
+    PHASES.with_borrow_mut(|phases| {
+        if s == 2 {
+            phases.clear();
+            phases.resize((iy1 - iy0) * 2 * half, 0.0);
+        }
+        for kh in 0..k {
+            let (ylo, yhi) = valid_range(g.h, g.ho, s, g.pad, kh);
+            for kw in 0..k {
+                let (lo, hi) = g.valid_cols(kw);
+                if lo == hi {
+                    continue;
+                }
+                let row = &col[(kh * k + kw) * ld..][..t];
+                for (r, oy) in (y0..y1)
+                    .enumerate()
+                    .filter(|(_, oy)| *oy >= ylo && *oy < yhi)
+                {
+                    let src = &row[r * wo..(r + 1) * wo];
+                    let iy = oy * s + kh - g.pad;
+                    let dst = if s == 2 {
+                        let (parity, m) = phase_of(kw, g.pad);
+                        let start = (lo as isize + m) as usize;
+                        &mut phases[((iy - iy0) * 2 + parity) * half + start..][..hi - lo]
+                    } else if s == 1 {
+                        &mut plane[iy * w + lo + kw - g.pad..][..hi - lo]
+                    } else {
+                        let dst = &mut plane[iy * w..][..w];
+                        for (ox, v) in src[lo..hi].iter().enumerate() {
+                            dst[(ox + lo) * s + kw - g.pad] += v;
+                        }
+                        continue;
+                    };
+                    for (d, v) in dst.iter_mut().zip(&src[lo..hi]) {
                         *d += v;
-                    }
-                } else {
-                    for (ox, v) in src[lo..hi].iter().enumerate() {
-                        dst[(ox + lo) * s + kw - g.pad] += v;
                     }
                 }
             }
         }
-    }
+        if s == 2 {
+            for (split, dst) in phases
+                .chunks_exact(2 * half)
+                .zip(plane[iy0 * w..iy1 * w].chunks_exact_mut(w))
+            {
+                let (even, odd) = split.split_at(half);
+                for (pair, (e, o)) in dst.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                    pair[0] += e;
+                    pair[1] += o;
+                }
+                if w % 2 == 1 {
+                    dst[w - 1] += even[half - 1];
+                }
+            }
+        }
+    });
 }
 
 /// The fewest input and output channels for which a stride-1 3×3 convolution runs as
@@ -1351,15 +1569,31 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) 
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = SendPtr(out.as_mut_ptr());
     let tiles = g.tiles();
-    // SAFETY (of `run`'s GEMM): the task of a tile alone writes columns [y0·wo, y1·wo) of
-    // image b's output rows; the sizes match the buffers (debug-asserted above).
-    let run = |(b, y0, y1): (usize, usize, usize), parallel: bool| {
-        let t = (y1 - y0) * g.wo;
+    // A tile of one image: the GEMM straight into its output rows (one image's NCHW output is
+    // a strided [co, pixels] matrix); a tile of several, whose columns span images that no
+    // strided matrix covers, into `res [co, nb·plane]` first, then each image's block to its
+    // place.
+    // SAFETY (of the GEMM and the copy): the task of a tile alone writes columns
+    // [y0·wo, y1·wo) of its images' output rows; the sizes match the buffers (debug-asserted
+    // above).
+    let run = |tile: Tile, res: &mut Vec<f32>, parallel: bool| {
+        let t = tile.cols(g);
+        let into = if tile.nb == 1 {
+            (
+                unsafe { dst.get().add(tile.b * g.co * plane_out + tile.y0 * g.wo) },
+                plane_out,
+            )
+        } else {
+            if res.len() < g.co * t {
+                res.resize(g.co * t, 0.0);
+            }
+            (res.as_mut_ptr(), t)
+        };
         move |rhs: *const f32, rhs_rs: usize| unsafe {
             gemm(
                 [g.co, t, kk],
-                dst.get().add(b * g.co * plane_out + y0 * g.wo),
-                [plane_out as isize, 1],
+                into.0,
+                [into.1 as isize, 1],
                 false,
                 scale,
                 weight.as_ptr(),
@@ -1367,21 +1601,33 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) 
                 rhs,
                 [rhs_rs as isize, 1],
                 parallel,
-            )
+            );
+            if tile.nb > 1 {
+                let block = g.co * plane_out;
+                let out =
+                    std::slice::from_raw_parts_mut(dst.get().add(tile.b * block), tile.nb * block);
+                scatter_images(
+                    std::slice::from_raw_parts(into.0, g.co * t),
+                    out,
+                    [tile.nb, g.co, plane_out],
+                    block,
+                );
+            }
         }
     };
-    let image = |b: usize| &x[b * plane_in..(b + 1) * plane_in];
     if tiles.len() < rayon::current_num_threads() {
         // Fewer tiles than threads (a small plane at batch 1): the tiles one after another,
         // each im2col and GEMM on the whole pool.
-        with_spare([0], |[col]| {
-            for &(b, y0, y1) in &tiles {
-                with_tile_in(image(b), g, (y0, y1), col, true, run((b, y0, y1), true));
+        with_spare([0, 0], |[col, res]| {
+            for &tile in &tiles {
+                with_tile_in(x, g, tile, col, true, run(tile, res, true));
             }
         });
     } else {
-        tiles.par_iter().for_each(|&(b, y0, y1)| {
-            with_tile(image(b), g, (y0, y1), run((b, y0, y1), false));
+        tiles.par_iter().for_each(|&tile| {
+            with_spare([0, 0], |[col, res]| {
+                with_tile_in(x, g, tile, col, false, run(tile, res, false))
+            });
         });
     }
     // SAFETY: every element of `out` was written above (the tiles cover each image's rows).
@@ -1406,35 +1652,49 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom, scale: f32
     // Fixed chunks, each summed in order into its own buffer, then the buffers in order: the
     // same float sums on every run whatever the thread count or scheduling (a resumed run
     // must equal an uninterrupted one bit for bit). At most 16 chunks and 64 MiB of buffers.
+    // A large weight (from 1 MiB) gets one accumulator, its GEMMs on the whole pool: partial
+    // buffers per chunk meant up to 16 weight-sized buffers at once (9.4 MB each at 512
+    // channels) and a pass more to sum them, while the tiles of several images already give
+    // each GEMM enough pixels to amortise its pass over the accumulator.
     let size = g.co * kk;
-    let chunks = tiles.len().min(16).min((16 << 20) / size).max(1);
+    let chunks = if size >= large_weight() {
+        1
+    } else {
+        tiles.len().min(16).min((16 << 20) / size).max(1)
+    };
     let per_chunk = tiles.len().div_ceil(chunks);
+    // Fewer chunks than threads (one accumulator, or a small batch): each chunk's GEMMs and
+    // im2col on the whole pool as well, so that no thread idles (nested in the chunks' own
+    // parallel loop where there are several).
+    let parallel = tiles.len().div_ceil(per_chunk) < rayon::current_num_threads();
     let partial: Vec<Vec<f32>> = tiles
         .par_chunks(per_chunk)
         .map(|chunk| {
             let mut acc = vec![0.0f32; size];
-            for &(b, y0, y1) in chunk {
-                let t = (y1 - y0) * g.wo;
-                let xb = &x[b * plane_in..(b + 1) * plane_in];
-                // colᵀ [t, kk]: element (p, r) at r·rhs_cs + p.
-                // SAFETY: acc is [co, kk]; the output-gradient tile is [co, t] with row stride
-                // plane_out; colᵀ as above.
-                let run = |rhs: *const f32, rhs_cs: usize| unsafe {
-                    gemm(
-                        [g.co, kk, t],
-                        acc.as_mut_ptr(),
-                        [kk as isize, 1],
-                        true,
-                        scale,
-                        grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
-                        [plane_out as isize, 1],
-                        rhs,
-                        [1, rhs_cs as isize],
-                        false,
-                    )
-                };
-                with_tile(xb, g, (y0, y1), run);
-            }
+            with_spare([0, 0], |[col, lhs]| {
+                for &tile in chunk {
+                    let t = tile.cols(g);
+                    let (lhs_ptr, lhs_rs) = grad_tile(grad, g, tile, lhs);
+                    // colᵀ [t, kk]: element (p, r) at r·rhs_cs + p.
+                    // SAFETY: acc is [co, kk]; the output-gradient tile is [co, t] with row
+                    // stride lhs_rs; colᵀ as above.
+                    let run = |rhs: *const f32, rhs_cs: usize| unsafe {
+                        gemm(
+                            [g.co, kk, t],
+                            acc.as_mut_ptr(),
+                            [kk as isize, 1],
+                            true,
+                            scale,
+                            lhs_ptr,
+                            [lhs_rs as isize, 1],
+                            rhs,
+                            [1, rhs_cs as isize],
+                            parallel,
+                        )
+                    };
+                    with_tile_in(x, g, tile, col, parallel, run);
+                }
+            });
             acc
         })
         .collect();
@@ -1520,17 +1780,20 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom, scale:
         return conv_transpose_winograd(grad, weight, g, winograd_block(g), scale);
     }
     let mut out = zeros_on_pool(g.b * plane_in);
-    let r = g.rows_per_tile();
-    // One image: dcol = Wᵀ · g_b[:, tile], then col2im into that image's gradient.
-    let image = |b: usize, xb: &mut [f32], col: &mut Vec<f32>, parallel: bool| {
-        for y0 in (0..g.ho).step_by(r) {
-            let y1 = (y0 + r).min(g.ho);
-            let t = (y1 - y0) * g.wo;
+    // The tiles of one task: one image's rows (they add into the same image), or one tile of
+    // several whole images.
+    let tiles = g.tiles();
+    let tasks: Vec<&[Tile]> = tiles.chunk_by(|a, b| a.b == b.b && a.nb == 1).collect();
+    // dcol = Wᵀ · g[:, tile], then col2im into the task's images `xs` (from image tasks[0].b).
+    let task = |tiles: &[Tile], xs: &mut [f32], [col, rhs]: &mut [Vec<f32>; 2], parallel: bool| {
+        for &tile in tiles {
+            let (ti, t) = (tile.image_cols(g), tile.cols(g));
             if col.len() < kk * t {
                 col.resize(kk * t, 0.0);
             }
+            let (rhs_ptr, rhs_rs) = grad_tile(grad, g, tile, rhs);
             // SAFETY: col holds [kk, t]; Wᵀ [kk, co] reads weight [co, kk] transposed; the
-            // output-gradient tile is [co, t] with row stride plane_out.
+            // output-gradient tile is [co, t] with row stride rhs_rs.
             unsafe {
                 gemm(
                     [kk, t, g.co],
@@ -1540,26 +1803,37 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom, scale:
                     scale,
                     weight.as_ptr(),
                     [1, kk as isize],
-                    grad[b * g.co * plane_out + y0 * g.wo..].as_ptr(),
-                    [plane_out as isize, 1],
+                    rhs_ptr,
+                    [rhs_rs as isize, 1],
                     parallel,
                 )
             }
-            col2im_add(&col[..kk * t], g, y0, y1, xb, parallel);
+            for (j, xb) in xs.chunks_mut(plane_in).take(tile.nb).enumerate() {
+                col2im_add(&col[j * ti..kk * t], g, (tile.y0, tile.y1), t, xb, parallel);
+            }
         }
     };
-    if g.b < rayon::current_num_threads() {
-        // Fewer images than threads (the generator's upsampling at batch 1): the images one
-        // after another, each GEMM and col2im on the whole pool.
-        with_spare([0], |[col]| {
-            for (b, xb) in out.chunks_mut(plane_in).enumerate() {
-                image(b, xb, col, true);
+    // Each task gets its images of the output as a slice of its own (split off in order), so
+    // the tasks run in parallel without shared pointers.
+    let mut parts: Vec<(&[Tile], &mut [f32])> = Vec::with_capacity(tasks.len());
+    let mut rest = out.as_mut_slice();
+    for tiles in tasks {
+        let (mine, more) = rest.split_at_mut(tiles[0].nb * plane_in);
+        parts.push((tiles, mine));
+        rest = more;
+    }
+    if parts.len() < rayon::current_num_threads() {
+        // Fewer tasks than threads (the generator's upsampling at batch 1): one after
+        // another, each GEMM and col2im on the whole pool.
+        with_spare([0, 0], |bufs| {
+            for (tiles, xs) in parts {
+                task(tiles, xs, bufs, true);
             }
         });
     } else {
-        out.par_chunks_mut(plane_in)
-            .enumerate()
-            .for_each(|(b, xb)| with_spare([0], |[col]| image(b, xb, col, false)));
+        parts
+            .into_par_iter()
+            .for_each(|(tiles, xs)| with_spare([0, 0], |bufs| task(tiles, xs, bufs, false)));
     }
     out
 }
@@ -1571,6 +1845,8 @@ mod tests {
     std::thread_local! {
         /// Set by a test to run its thread's convolutions on the direct paths.
         pub(super) static DIRECT_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Set by a test to treat every weight from this size as large ([`LARGE_WEIGHT`]).
+        pub(super) static WEIGHT_LIMIT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
     }
 
     /// The definition, one output at a time.
@@ -1670,13 +1946,31 @@ mod tests {
     fn kernels_match_the_definition_and_are_adjoint() {
         // The first three geometries below are there for their tiling.
         let tiles = |shape, co, k, s, p| ConvGeom::new(shape, co, k, s, p).unwrap().tiles();
-        let rows = |t: Vec<(usize, usize, usize)>| -> Vec<usize> {
-            t.iter().filter(|t| t.0 == 0).map(|t| t.2 - t.1).collect()
+        let rows = |t: Vec<Tile>| -> Vec<usize> {
+            t.iter().filter(|t| t.b == 0).map(|t| t.y1 - t.y0).collect()
         };
         assert_eq!(rows(tiles([2, 40, 40, 17], 4, 3, 1, 1)), [16, 16, 8]);
         assert_eq!(rows(tiles([1, 256, 40, 17], 3, 1, 1, 0)), [16, 16, 8]);
         assert_eq!(rows(tiles([1, 40, 81, 81], 3, 3, 2, 1)), [7, 7, 7, 7, 7, 6]);
+        // Planes under MIN_TILE_PIXELS with a large weight: whole images side by side, the
+        // batch split evenly; one image per tile for a small weight.
+        let images = |t: Vec<Tile>| -> Vec<usize> { t.iter().map(|t| t.nb).collect() };
+        assert_eq!(images(tiles([10, 512, 4, 4], 512, 3, 1, 1)), [10]);
+        assert_eq!(images(tiles([10, 512, 8, 8], 512, 3, 1, 1)), [3, 3, 4]);
+        assert_eq!(images(tiles([3, 16, 4, 4], 16, 3, 1, 1)), [1, 1, 1]);
+        WEIGHT_LIMIT.set(Some(1));
+        assert_eq!(images(tiles([23, 2, 5, 5], 2, 3, 1, 1)), [7, 8, 8]);
+        assert_eq!(images(tiles([19, 3, 9, 9], 2, 3, 2, 0)), [9, 10]);
+        assert_eq!(images(tiles([3, 2, 5, 5], 2, 3, 1, 1)), [3]);
+        WEIGHT_LIMIT.set(None);
         on_one_and_many_threads(check_every_geometry);
+        // Every weight large: tiles of several images wherever the planes are small, and the
+        // weight gradient in one buffer with its GEMMs on the pool.
+        on_one_and_many_threads(|| {
+            WEIGHT_LIMIT.set(Some(1));
+            check_every_geometry();
+            WEIGHT_LIMIT.set(None);
+        });
     }
 
     /// Runs `check` on a pool of one thread and on one of 64, more threads than any test
@@ -1707,6 +2001,15 @@ mod tests {
             ([2, 40, 40, 17], 4, 3, 1, 1),
             ([1, 256, 40, 17], 3, 1, 1, 0),
             ([1, 40, 81, 81], 3, 3, 2, 1),
+            // With every weight counted as large (the second pass below), tiles of several
+            // whole images: 7, 8 and 8; 9 and 10 through col2im; 2 and 3 pointwise, gathered;
+            // one image beside two (a 130-px plane).
+            ([23, 2, 5, 5], 2, 3, 1, 1),
+            ([19, 3, 9, 9], 2, 3, 2, 0),
+            ([5, 3, 8, 12], 2, 1, 1, 0),
+            ([3, 2, 10, 13], 2, 3, 1, 1),
+            // Stride 2 with a pad wider than the kernel (phases of padding only).
+            ([2, 2, 7, 5], 2, 1, 2, 2),
             ([2, 3, 7, 5], 4, 3, 1, 1),
             ([3, 5, 9, 9], 2, 3, 2, 0),
             ([1, 4, 8, 6], 3, 1, 1, 0),

@@ -156,6 +156,7 @@ mod flex {
                 && k == k2
                 && let Some(g) = ConvGeom::new(xd, co, k, stride, pad)
             {
+                crate::op_timer!(conv "fwd", &g);
                 let y = conv_kernels::conv_forward(values(&xc), values(&wc), &g, scale);
                 return from_values(y, [g.b, g.co, g.ho, g.wo]);
             }
@@ -178,6 +179,7 @@ mod flex {
                 && let Some(g) = ConvGeom::new([b, ci, h, w], co, k, stride, pad)
                 && (g.ho, g.wo) == (ho, wo)
             {
+                crate::op_timer!(conv "dx", &g);
                 let dx = conv_kernels::conv_input_grad(values(&gc), values(&wc), &g, scale);
                 return from_values(dx, [b, ci, h, w]);
             }
@@ -199,6 +201,7 @@ mod flex {
                 && let Some(g) = ConvGeom::new(xd, co, k, stride, pad)
                 && gd == [g.b, co, g.ho, g.wo]
             {
+                crate::op_timer!(conv "dw", &g);
                 let dw = conv_kernels::conv_weight_grad(values(&xc), values(&gc), &g, scale);
                 return from_values(dw, [co, ci, k, k]);
             }

@@ -90,6 +90,7 @@ mod flex {
             pad1: usize,
         ) -> FlexTensor {
             let (xs, ws) = (x.shape(), weight.shape());
+            crate::op_timer!("fir {xs:?} k{} pad {pad0},{pad1}", ws[2]);
             let k = ws[2];
             // Anything else (another rank, an empty input, a pad past the kernel) takes
             // Flex's convolution, which reports it as Burn does.

@@ -73,6 +73,35 @@ mod test_support {
     }
 }
 
+/// Times the rest of the enclosing block as one call in [`op_profile`]'s table, under the
+/// row the format arguments name (`conv KIND, &geometry` for a convolution, credited with its
+/// floating-point work); nothing at all without the feature `op-profile`. Only the Flex
+/// kernels carry timers.
+#[cfg(feature = "flex")]
+macro_rules! op_timer {
+    (conv $kind:literal, $g:expr) => {
+        #[cfg(feature = "op-profile")]
+        let _op_timer = {
+            let g = $g;
+            crate::op_profile::Timer::new(
+                || {
+                    format!(
+                        "{} b{} ci{} co{} {}x{} k{} s{} p{}",
+                        $kind, g.b, g.ci, g.co, g.h, g.w, g.k, g.stride, g.pad
+                    )
+                },
+                2.0 * (g.b * g.co * g.ho * g.wo * g.ci * g.k * g.k) as f64,
+            )
+        };
+    };
+    ($($fmt:tt)*) => {
+        #[cfg(feature = "op-profile")]
+        let _op_timer = crate::op_profile::Timer::new(|| format!($($fmt)*), 0.0);
+    };
+}
+#[cfg(feature = "flex")]
+pub(crate) use op_timer;
+
 pub mod act;
 mod act_op;
 pub mod conv;
@@ -88,6 +117,8 @@ mod fir_op;
 pub mod flex_data;
 pub mod modulated;
 pub mod noise;
+#[cfg(feature = "op-profile")]
+pub mod op_profile;
 mod pad_op;
 pub mod params;
 pub mod resample;

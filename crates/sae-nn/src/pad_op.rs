@@ -133,6 +133,7 @@ mod flex {
 
     impl PadBackend for Flex {
         fn sae_reflect_pad(x: FlexTensor, p0: usize, p1: usize) -> FlexTensor {
+            crate::op_timer!("reflect_pad {:?} {p0},{p1}", x.shape());
             let [b, c, h, w]: [usize; 4] = x.shape().dims();
             // Burn's pad names a pad that reaches past the mirrored side (it panics).
             let fits = p0.max(p1) < h.min(w);
@@ -173,6 +174,7 @@ mod flex {
         }
 
         fn sae_reflect_pad_adjoint(g: FlexTensor, p0: usize, p1: usize) -> FlexTensor {
+            crate::op_timer!("reflect_pad_adjoint {:?} {p0},{p1}", g.shape());
             let [b, c, hp, wp]: [usize; 4] = g.shape().dims();
             let (h, w) = (hp.saturating_sub(p0 + p1), wp.saturating_sub(p0 + p1));
             let fits = p0.max(p1) < h.min(w);

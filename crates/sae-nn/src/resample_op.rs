@@ -119,6 +119,7 @@ mod flex {
 
     impl ResampleBackend for Flex {
         fn sae_bilinear_up2(x: FlexTensor) -> FlexTensor {
+            crate::op_timer!("bilinear_up2 {:?}", x.shape());
             let [b, c, h, w]: [usize; 4] = x.shape().dims();
             let Some(xc) = contiguous_f32(&x) else {
                 return default_up2::<Flex>(x);
@@ -158,6 +159,7 @@ mod flex {
         }
 
         fn sae_bilinear_up2_adjoint(g: FlexTensor) -> FlexTensor {
+            crate::op_timer!("bilinear_up2_adjoint {:?}", g.shape());
             let [b, c, h2, w2]: [usize; 4] = g.shape().dims();
             let Some(gc) = contiguous_f32(&g) else {
                 return default_up2_adjoint::<Flex>(g);
