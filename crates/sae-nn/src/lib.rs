@@ -115,6 +115,7 @@ mod fir_op;
 #[cfg(feature = "flex")]
 #[doc(hidden)]
 pub mod flex_data;
+mod linear_op;
 pub mod modulated;
 pub mod noise;
 #[cfg(feature = "op-profile")]

@@ -17,7 +17,9 @@
 //! ```
 //!
 //! The timers run only with `SAE_OP_PROFILE` set; the table is process-wide (one mutex), so
-//! nested or concurrent calls each count their own wall time.
+//! nested or concurrent calls each count their own wall time. In a program of your own: turn
+//! on the feature (`swapping-autoencoder` forwards it), set `SAE_OP_PROFILE=1`, run the work,
+//! then print [`report`] (and [`reset`] between phases you want apart).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -34,14 +36,14 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var_os("SAE_OP_PROFILE").is_some())
 }
 
-/// Adds its lifetime to row `key` when dropped.
-pub struct Timer {
+/// Adds its lifetime to row `key` when dropped (the kernels' `op_timer!`).
+pub(crate) struct Timer {
     row: Option<(String, Instant, f64)>,
 }
 
 impl Timer {
     /// A timer for row `key()` (built only when profiling is on) crediting `flops`.
-    pub fn new(key: impl FnOnce() -> String, flops: f64) -> Self {
+    pub(crate) fn new(key: impl FnOnce() -> String, flops: f64) -> Self {
         Self {
             row: enabled().then(|| (key(), Instant::now(), flops)),
         }

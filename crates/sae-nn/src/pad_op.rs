@@ -12,16 +12,15 @@
 // must route it like every compiled-in backend.
 #![allow(deprecated)]
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::{
     Autodiff, Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor,
 };
 use burn::tensor::Slice;
 use burn::tensor::Tensor;
 use burn::tensor::ops::PadMode;
+
+use crate::linear_op::linear_unary;
 
 /// The slices that take `range` along axis `dim` of a 4-D tensor and all of the other axes.
 fn axis_slices(dim: usize, range: std::ops::Range<usize>) -> Vec<Slice> {
@@ -217,34 +216,12 @@ crate::composition_on_other_backends!(PadBackend);
 
 impl<B: PadBackend, C: CheckpointStrategy> PadBackend for Autodiff<B, C> {
     fn sae_reflect_pad(x: FloatTensor<Self>, p0: usize, p1: usize) -> FloatTensor<Self> {
-        /// The map is linear: dx = adjoint(dy).
-        #[derive(Debug)]
-        struct PadBackward {
-            p0: usize,
-            p1: usize,
-        }
-
-        impl<B: PadBackend> Backward<B, 1> for PadBackward {
-            type State = ();
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (p0, p1) = (self.p0, self.p1);
-                unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    B::sae_reflect_pad_adjoint(g, p0, p1)
-                });
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        PadBackward { p0, p1 }
-            .prepare::<C>([node])
-            .compute_bound()
-            .stateless(B::sae_reflect_pad(x, p0, p1))
+        linear_unary::<B, C, _>(
+            x,
+            [p0, p1],
+            |x, [p0, p1]| B::sae_reflect_pad(x, p0, p1),
+            |g, [p0, p1]| B::sae_reflect_pad_adjoint(g, p0, p1),
+        )
     }
 }
 

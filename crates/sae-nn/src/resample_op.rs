@@ -17,16 +17,14 @@
 // must route it like every compiled-in backend.
 #![allow(deprecated)]
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::{
     Autodiff, Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor,
 };
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Shape, Tensor, TensorData};
 
+use crate::linear_op::linear_unary;
 use crate::pad_op::narrow;
 
 /// `x` with its first and last rows (`dim` 2) or columns (`dim` 3) repeated once more.
@@ -204,28 +202,12 @@ crate::composition_on_other_backends!(ResampleBackend);
 
 impl<B: ResampleBackend, C: CheckpointStrategy> ResampleBackend for Autodiff<B, C> {
     fn sae_bilinear_up2(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        /// The map is linear: dx = adjoint(dy).
-        #[derive(Debug)]
-        struct Up2Backward;
-
-        impl<B: ResampleBackend> Backward<B, 1> for Up2Backward {
-            type State = ();
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                unary::<B, _>(ops.parents, ops.node, grads, B::sae_bilinear_up2_adjoint);
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        Up2Backward
-            .prepare::<C>([node])
-            .compute_bound()
-            .stateless(B::sae_bilinear_up2(x))
+        linear_unary::<B, C, _>(
+            x,
+            (),
+            |x, ()| B::sae_bilinear_up2(x),
+            |g, ()| B::sae_bilinear_up2_adjoint(g),
+        )
     }
 }
 
