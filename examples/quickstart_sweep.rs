@@ -15,9 +15,9 @@
 //! `PMIN`/`PMAX` (crop scales, 0.125/0.25), `SCH` (structure code channels, 2),
 //! `GL` (texture code length, 128), `ECAP`/`GCAP` (E and G capacity, 0.125/0.0625), `DW`
 //! (D and Dpatch block width, 32), `PALETTE` (0: any colour; 6–12: each region's colour one of
-//! that many `DISTINCT_COLOURS`, see `SyntheticShapes::with_named_colours`). One thread per
-//! run (`RAYON_NUM_THREADS=1`) lets two runs share a 2-core machine at about 1.3× the images
-//! per second of one 2-thread run.
+//! that many `DISTINCT_COLOURS`, see `SyntheticShapes::with_named_colours`), `SJ` (`true`:
+//! `LossConfig::structure_colour_jitter`). One thread per run (`RAYON_NUM_THREADS=1`) lets
+//! two runs share a 2-core machine at about 1.3× the images per second of one 2-thread run.
 //!
 //! The `RESULT` line: training seconds; over 256 swaps (16 structures × 16 textures of the
 //! held-out seed) the swaps whose layout is the structure image's and whose colours are the
@@ -131,6 +131,7 @@ fn main() -> Result<(), Error> {
     o.losses.lambda_patch_gan = var("PG", o.losses.lambda_patch_gan)?;
     o.losses.lambda_r1 = var("R1", o.losses.lambda_r1)?;
     o.losses.lambda_patch_r1 = var("PR1", o.losses.lambda_patch_r1)?;
+    o.losses.structure_colour_jitter = var("SJ", o.losses.structure_colour_jitter)?;
     o.adam.lr = var("LR", o.adam.lr)?;
     o.adam.beta1 = var("B1", o.adam.beta1)?;
     o.adam.beta2 = var("B2", o.adam.beta2)?;

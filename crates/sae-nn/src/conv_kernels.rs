@@ -1736,6 +1736,41 @@ fn zeros_on_pool(len: usize) -> Vec<f32> {
     v
 }
 
+/// `[co, ci, kk]` → `[ci, co, kk]` with the taps reversed: the weight of a stride-1
+/// convolution's adjoint. Blocks of [`FLIP_CHANNELS`] input channels on the pool, each reading
+/// every output channel's contiguous run of those channels' taps. One input channel per task,
+/// reading `kk` floats every `ci·kk`, took about 10 ms for a 512 × 512 × 3 × 3 weight (this
+/// way 4–10 ms, on a busy machine): as long as the convolution itself on a 4- or 8-px plane
+/// (`docs/performance.md`, tenth round).
+fn flip_weight(weight: &[f32], co: usize, ci: usize, kk: usize) -> Vec<f32> {
+    debug_assert_eq!(weight.len(), co * ci * kk);
+    if weight.is_empty() {
+        return Vec::new();
+    }
+    let mut flipped: Vec<f32> = Vec::with_capacity(weight.len());
+    flipped.spare_capacity_mut()[..weight.len()]
+        .par_chunks_mut(FLIP_CHANNELS * co * kk)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            let (c0, nc) = (block * FLIP_CHANNELS, rows.len() / (co * kk));
+            for o in 0..co {
+                let src = &weight[(o * ci + c0) * kk..][..nc * kk];
+                for (j, taps) in src.chunks_exact(kk).enumerate() {
+                    let dst = &mut rows[(j * co + o) * kk..][..kk];
+                    for (d, &w) in dst.iter_mut().rev().zip(taps) {
+                        d.write(w);
+                    }
+                }
+            }
+        });
+    // SAFETY: the blocks cover all `ci` rows of `co·kk` values, and each writes all of its own.
+    unsafe { flipped.set_len(weight.len()) };
+    flipped
+}
+
+/// Input channels per task of [`flip_weight`].
+const FLIP_CHANNELS: usize = 16;
+
 /// The gradient of `conv2d(x, scale · weight)` with respect to `x` (=
 /// `conv_transpose2d(grad, scale · weight)` with the output padding that gives back `h × w`).
 ///
@@ -1746,22 +1781,14 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom, scale:
     debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
     debug_assert_eq!(weight.len(), g.co * kk);
     let k = g.k;
-    if g.stride == 1 && g.pad < k {
-        // A stride-1 convolution's adjoint is the convolution with the kernel flipped in space,
-        // input and output channels swapped, and padding k − 1 − p: one fast forward pass.
-        // By input channel on the pool (each writes its own rows): on one thread this was
-        // 0.5 % of a 128-px training step.
-        let mut flipped = vec![0.0f32; weight.len()];
-        flipped
-            .par_chunks_mut(g.co * k * k)
-            .enumerate()
-            .for_each(|(c, rows)| {
-                for o in 0..g.co {
-                    for t in 0..k * k {
-                        rows[o * k * k + (k * k - 1 - t)] = weight[(o * g.ci + c) * k * k + t];
-                    }
-                }
-            });
+    // A stride-1 convolution's adjoint is the convolution with the kernel flipped in space,
+    // input and output channels swapped, and padding k − 1 − p: one fast forward pass. Not
+    // where tiles hold several images (small planes, large weights): there the weight is read
+    // about once per call, and col2im's GEMM packs it transposed where it stands, with no
+    // flipped copy (the discriminator's 512-channel 4×4 input gradient at batch 6: 60 → 100
+    // GFLOP/s, `docs/performance.md`, tenth round).
+    if g.stride == 1 && g.pad < k && g.images_per_tile() == 1 {
+        let flipped = flip_weight(weight, g.co, g.ci, k * k);
         let adjoint = ConvGeom {
             b: g.b,
             ci: g.co,

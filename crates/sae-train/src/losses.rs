@@ -11,8 +11,8 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::{Int, Tensor, TensorData};
-use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 use sae_model::{Codes, Discriminator, Encoder, Generator, GeneratorNoise, PatchDiscriminator};
 use sae_nn::{CropDraws, CropError, NoiseRng, PatchSampler, Style};
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,14 @@ pub struct LossConfig {
     /// reconstructed.
     #[config(default = 1)]
     pub num_gpus: usize,
+    /// Ours, not official (off in every official preset): the generator step reconstructs
+    /// each image from the structure code of a colour-jittered copy of it (its RGB channels
+    /// permuted and some of them negated, one of 48 maps drawn per image) and the texture code
+    /// of the image itself. The structure code then cannot carry the colours, so they have to
+    /// come from the texture code: what a swap needs (`docs/training.md`, "The quickstart
+    /// recipe"). Costs one more encoder pass over the reconstructed half of the batch.
+    #[config(default = false)]
+    pub structure_colour_jitter: bool,
 }
 
 /// Why a batch cannot go through a training step.
@@ -74,6 +82,22 @@ pub enum LossError {
         values: usize,
         /// The batch shape `[b, c, h, w]`.
         shape: [usize; 4],
+    },
+    /// A colour map of [`colour_jitter`] needs RGB images.
+    #[error("colour jitter permutes RGB channels, but the images have {channels}")]
+    NotRgb {
+        /// The images' channel count.
+        channels: usize,
+    },
+    /// An augmentation got a number of draws that does not fit its batch.
+    #[error("{what}: {got} draws for a batch that needs {want}")]
+    Draws {
+        /// The augmentation.
+        what: &'static str,
+        /// Draws needed.
+        want: usize,
+        /// Draws given.
+        got: usize,
     },
     /// A data-parallel replica's thread could not be started.
     #[error("starting a replica thread: {0}")]
@@ -142,6 +166,56 @@ pub trait Randomness {
     fn crop_draws(&mut self, sampler: &PatchSampler, batch: usize) -> CropDraws;
     /// The noise of one generator pass.
     fn noise(&mut self) -> GeneratorNoise<'_>;
+    /// `per_image` integers below `below` for each of `batch` images (the colour maps of
+    /// [`colour_jitter`]); drawn only by the augmentation that is ours
+    /// ([`LossConfig::structure_colour_jitter`]).
+    fn integers(&mut self, batch: usize, per_image: usize, below: usize) -> Vec<usize>;
+}
+
+/// The number of colour maps of [`colour_jitter`]: 6 channel orders × 8 sign patterns.
+pub const COLOUR_MAPS: usize = 48;
+
+/// Each image's RGB channels permuted and negated by its map: map `m` takes the channel order
+/// `m / 8` (of the 6, in lexicographic order: output channel `k` is input channel
+/// `order[k]`) and negates output channel `k` where bit `k` of `m % 8` is set. Images live in [−1, 1], so every map keeps them there and keeps the layout exactly.
+///
+/// # Shapes
+/// `x`: `[b, 3, h, w]`, `maps`: `b` indices (taken modulo [`COLOUR_MAPS`]); output as `x`.
+///
+/// # Errors
+/// [`LossError::NotRgb`], [`LossError::Draws`] for a map count other than `b`.
+pub fn colour_jitter(x: Tensor<4>, maps: &[usize]) -> Result<Tensor<4>, LossError> {
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    let [b, c, h, w] = x.dims();
+    if c != 3 {
+        return Err(LossError::NotRgb { channels: c });
+    }
+    if maps.len() != b {
+        return Err(LossError::Draws {
+            what: "colour jitter",
+            want: b,
+            got: maps.len(),
+        });
+    }
+    let mut m = vec![0f32; b * 9];
+    for (i, &map) in maps.iter().enumerate() {
+        let map = map % COLOUR_MAPS;
+        let order = ORDERS[map / 8];
+        for (out, &src) in order.iter().enumerate() {
+            let sign = if (map % 8) >> out & 1 == 1 { -1.0 } else { 1.0 };
+            m[i * 9 + out * 3 + src] = sign;
+        }
+    }
+    let device = x.device();
+    let m = Tensor::<3>::from_data(TensorData::new(m, [b, 3, 3]), &device);
+    Ok(m.matmul(x.reshape([b, 3, h * w])).reshape([b, 3, h, w]))
 }
 
 /// The training randomness: two seeded, serialisable generators (crops and noise), so a
@@ -169,6 +243,14 @@ impl Randomness for SeededRandomness {
 
     fn noise(&mut self) -> GeneratorNoise<'_> {
         GeneratorNoise::Random(&mut self.noise)
+    }
+
+    fn integers(&mut self, batch: usize, per_image: usize, below: usize) -> Vec<usize> {
+        // From the crop generator: no official preset draws these, so their sequences stay
+        // the official ones.
+        (0..batch * per_image)
+            .map(|_| self.crops.random_range(0..below))
+            .collect()
     }
 }
 
@@ -216,6 +298,12 @@ impl Randomness for ShardRandomness {
             of: self.of,
         }
     }
+
+    fn integers(&mut self, batch: usize, per_image: usize, below: usize) -> Vec<usize> {
+        let whole = self.inner.integers(batch * self.of, per_image, below);
+        let n = batch * per_image;
+        whole[self.index * n..(self.index + 1) * n].to_vec()
+    }
 }
 
 /// The four networks a training step reads.
@@ -251,9 +339,11 @@ impl Losses {
 /// `rec = G(sp[rec], gl[rec])` and `mix = G(swap(sp), gl)`, decoded as one generator pass
 /// over both batches (the generator treats samples independently) with the noise two separate
 /// passes would draw, rec's first (see [`Generator::draw_noise`]).
+/// `rec_structure` replaces `sp[rec]` (the code of the colour-jittered copies).
 fn decode_rec_mix(
     g: &Generator,
     codes: &Codes,
+    rec_structure: Option<Tensor<4>>,
     cfg: &LossConfig,
     rnd: &mut dyn Randomness,
 ) -> (Tensor<4>, Tensor<4>) {
@@ -279,7 +369,7 @@ fn decode_rec_mix(
     }
     let structure = Tensor::cat(
         vec![
-            select_rows(codes.structure.clone(), &rec_idx),
+            rec_structure.unwrap_or_else(|| select_rows(codes.structure.clone(), &rec_idx)),
             select_rows(codes.structure.clone(), &swap_indices(b)),
         ],
         0,
@@ -323,7 +413,7 @@ pub fn discriminator_losses(
     cfg.check_batch(real.dims()[0])?;
     let (e, g) = (nets.e.clone().no_grad(), nets.g.clone().no_grad());
     let codes = e.forward(real.clone().detach());
-    let (rec, mix) = decode_rec_mix(&g, &codes, cfg, rnd);
+    let (rec, mix) = decode_rec_mix(&g, &codes, None, cfg, rnd);
     let (rec, mix) = (rec.detach(), mix.detach());
     let rec_real = select_rows(real.clone(), &cfg.rec_indices(real.dims()[0]));
     let l1_dist = (rec.clone() - rec_real).abs().mean().detach();
@@ -394,10 +484,13 @@ pub fn r1_losses(
 }
 
 /// The generator step (official `compute_generator_losses`). D and Dpatch run frozen (gradients
-/// flow through them to E and G only); the result's total trains E and G.
+/// flow through them to E and G only); the result's total trains E and G. With
+/// [`LossConfig::structure_colour_jitter`] (ours) the reconstructions take their structure
+/// codes from colour-jittered copies ([`colour_jitter`]), drawn before the crops.
 ///
 /// # Errors
-/// [`LossError::OddBatch`] for a batch that does not split into even chunks.
+/// [`LossError::OddBatch`] for a batch that does not split into even chunks,
+/// [`LossError::NotRgb`] for colour jitter on images that are not RGB.
 pub fn generator_losses(
     nets: Nets<'_>,
     real: Tensor<4>,
@@ -409,9 +502,23 @@ pub fn generator_losses(
     cfg.check_batch(b)?;
     let (d, dp) = (nets.d.clone().no_grad(), nets.dpatch.clone().no_grad());
     let real = real.detach();
-    let codes = nets.e.forward(real.clone());
-    let (rec, mix) = decode_rec_mix(nets.g, &codes, cfg, rnd);
-    let rec_real = select_rows(real.clone(), &cfg.rec_indices(b));
+    let rec_idx = cfg.rec_indices(b);
+    let rec_real = select_rows(real.clone(), &rec_idx);
+    let (codes, rec_structure) = if cfg.structure_colour_jitter {
+        // One encoder pass over the batch and the jittered copies of its reconstructed half.
+        let n = rec_idx.len();
+        let maps = rnd.integers(n, 1, COLOUR_MAPS);
+        let jittered = colour_jitter(rec_real.clone(), &maps)?;
+        let all = nets.e.forward(Tensor::cat(vec![real.clone(), jittered], 0));
+        let codes = Codes {
+            structure: all.structure.clone().narrow(0, 0, b),
+            texture: all.texture.narrow(0, 0, b),
+        };
+        (codes, Some(all.structure.narrow(0, b, n)))
+    } else {
+        (nets.e.forward(real.clone()), None)
+    };
+    let (rec, mix) = decode_rec_mix(nets.g, &codes, rec_structure, cfg, rnd);
     let l1 = (rec.clone() - rec_real).abs().mean();
     let l1_dist = l1.clone().detach();
     let lg = cfg.lambda_gan;
@@ -438,4 +545,70 @@ pub fn generator_losses(
         ],
         metrics: vec![("L1_dist", l1_dist)],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(b: usize, c: usize, h: usize, w: usize) -> (Vec<f32>, Tensor<4>) {
+        let v: Vec<f32> = (0..b * c * h * w).map(|i| i as f32 * 0.01 - 1.0).collect();
+        let device = Default::default();
+        let t = Tensor::from_data(TensorData::new(v.clone(), [b, c, h, w]), &device);
+        (v, t)
+    }
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn colour_jitter_permutes_and_negates_each_images_channels() {
+        let (v, x) = image(3, 3, 2, 2);
+        // Map 0: identity; 8·3 + 0b101: order [1, 2, 0], channels 0 and 2 negated; 47: order
+        // [2, 1, 0], all negated.
+        let y = values(colour_jitter(x, &[0, 8 * 3 + 0b101, 47]).unwrap());
+        let px = 4;
+        let at = |b: usize, c: usize| &v[(b * 3 + c) * px..][..px];
+        let neg = |s: &[f32]| s.iter().map(|x| -x).collect::<Vec<_>>();
+        let want: Vec<f32> = [
+            at(0, 0).to_vec(),
+            at(0, 1).to_vec(),
+            at(0, 2).to_vec(),
+            neg(at(1, 1)),
+            at(1, 2).to_vec(),
+            neg(at(1, 0)),
+            neg(at(2, 2)),
+            neg(at(2, 1)),
+            neg(at(2, 0)),
+        ]
+        .concat();
+        assert_eq!(y, want);
+        // Every map keeps [−1, 1] and is one of 48 distinct maps.
+        let (_, x) = image(1, 3, 1, 1);
+        let maps: std::collections::BTreeSet<Vec<u32>> = (0..COLOUR_MAPS)
+            .map(|m| {
+                let y = values(colour_jitter(x.clone(), &[m]).unwrap());
+                assert!(y.iter().all(|v| v.abs() <= 1.0));
+                y.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        assert_eq!(maps.len(), COLOUR_MAPS);
+    }
+
+    #[test]
+    fn colour_jitter_refuses_what_is_not_one_rgb_map_per_image() {
+        let (_, gray) = image(2, 1, 2, 2);
+        let err = colour_jitter(gray, &[0, 1]).unwrap_err().to_string();
+        assert!(err.contains("have 1"), "{err}");
+        let (_, x) = image(2, 3, 2, 2);
+        assert!(matches!(
+            colour_jitter(x, &[0]),
+            Err(LossError::Draws {
+                want: 2,
+                got: 1,
+                ..
+            })
+        ));
+    }
 }

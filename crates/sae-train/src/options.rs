@@ -71,6 +71,20 @@ fn default_checkpoint_every_s() -> u64 {
     DEFAULT_CHECKPOINT_EVERY_S
 }
 
+/// `LossConfig`'s derived deserializer requires every field, and Burn's `Config` derive passes
+/// on no `#[serde(default)]`: the fields added after runs were already written are filled in
+/// here with the value that gives the training those runs had, so their `options.json` still
+/// resumes.
+fn losses_with_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LossConfig, D::Error> {
+    let mut v = serde_json::Value::deserialize(d)?;
+    if let Some(fields) = v.as_object_mut() {
+        fields
+            .entry("structure_colour_jitter")
+            .or_insert(false.into());
+    }
+    LossConfig::deserialize(v).map_err(serde::de::Error::custom)
+}
+
 /// Everything that defines a training run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainOptions {
@@ -84,6 +98,7 @@ pub struct TrainOptions {
     /// Every network's explicit configuration.
     pub model: ModelConfig,
     /// Loss weights, R1 schedule, aggregation and per-GPU chunking.
+    #[serde(deserialize_with = "losses_with_defaults")]
     pub losses: LossConfig,
     /// The E+G Adam (D's is derived with [`AdamConfig::lazy`]).
     pub adam: AdamConfig,

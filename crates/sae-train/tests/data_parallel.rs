@@ -302,3 +302,25 @@ fn a_non_finite_loss_updates_no_replica() {
     let (og, od) = t.optimizers();
     assert_eq!((og.steps(), od.steps()), (0, 0));
 }
+
+#[test]
+fn colour_jitter_draws_the_same_maps_on_one_device_and_on_two() {
+    // `structure_colour_jitter` (ours) draws one colour map per reconstructed image; each
+    // replica must take its own chunk's maps of the whole batch's draws, so that two devices
+    // still train what one device with two chunks trains.
+    let dir = temp_dir("jitter");
+    let data = dir.join("images");
+    write_synthetic_folder(&data, 12, 64, 5).unwrap();
+    let mut opts = options(&data);
+    opts.losses.structure_colour_jitter = true;
+    let base_dir = dir.join("base");
+    let mut base = Trainer::new(opts, &base_dir, Device::flex()).unwrap();
+    base.step().unwrap();
+    base.save_checkpoint().unwrap();
+    let (a, b) = (dir.join("one"), dir.join("two"));
+    copy_dir(&base_dir, &a);
+    copy_dir(&base_dir, &b);
+    let mut one = Trainer::resume(&a, Device::flex(), None).unwrap();
+    let mut two = Trainer::resume(&b, two_flex(), None).unwrap();
+    compare_step("G step with colour jitter", &mut one, &mut two);
+}

@@ -70,6 +70,10 @@ impl Randomness for Scripted {
         self.current = self.noise.pop_front().expect("a scripted noise");
         GeneratorNoise::Fixed(&self.current)
     }
+
+    fn integers(&mut self, _batch: usize, _per_image: usize, _below: usize) -> Vec<usize> {
+        panic!("the official losses draw no augmentations")
+    }
 }
 
 impl Fixture {

@@ -332,3 +332,23 @@ fn bad_options_name_the_flag() {
     let err = Trainer::new(opts, &a.out, device()).err().unwrap();
     assert!(matches!(err, TrainError::Data(_)), "{err}");
 }
+
+#[test]
+fn options_written_before_the_augmentations_still_load() {
+    // A run's options.json from before `structure_colour_jitter` existed must resume, with it
+    // off (the training that run had).
+    let opts = TrainOptions::preset("tiny", PathBuf::from("images")).unwrap();
+    let mut old = serde_json::to_value(&opts).unwrap();
+    let losses = old["losses"].as_object_mut().unwrap();
+    assert!(losses.remove("structure_colour_jitter").is_some());
+    let loaded: TrainOptions = serde_json::from_value(old).unwrap();
+    assert!(!loaded.losses.structure_colour_jitter);
+    assert_eq!(
+        serde_json::to_value(&loaded).unwrap(),
+        serde_json::to_value(&opts).unwrap()
+    );
+    // A wrong type in a field that is present is still an error.
+    let mut bad = serde_json::to_value(&opts).unwrap();
+    bad["losses"]["structure_colour_jitter"] = "yes".into();
+    assert!(serde_json::from_value::<TrainOptions>(bad).is_err());
+}
