@@ -90,6 +90,13 @@ fn swap(batch: usize, repeats: usize, config: &str, device: &Device) -> String {
     let t = time(repeats, device, || {
         decoder.swap(structure.clone(), texture.clone())
     });
+    // With `--features op-profile` and SAE_OP_PROFILE set: the swaps' operations (warm-up
+    // included), by kind and shape.
+    #[cfg(feature = "op-profile")]
+    if sae::nn::op_profile::enabled() {
+        eprint!("{}", sae::nn::op_profile::report(60));
+        sae::nn::op_profile::reset();
+    }
     format!(r#"{{"swap": {t}}}"#)
 }
 

@@ -18,7 +18,9 @@ three times, the side that goes first alternating, and reports the median ratio 
 RSS (`rss_ours`, `rss_torch`), and the matmul rates.
 
 Cases (NAME): swap1, swap8 (church-256 swap, 256 px, batch 1 / 8: encode both images, decode
-with fixed noise), cfg128 (the 128-px configuration, batch 4), church256 (batch 2), tiny
+with fixed noise; here the official way, the whole encoder on each image, and on our side the
+library's `Decoder::swap`, which runs the encoder's trunk once over both images and then only the
+branch each one's code needs), cfg128 (the 128-px configuration, batch 4), church256 (batch 2), tiny
 (batch 4), quickstart (batch 8): a D step, a D step followed by the lazy R1 step, a G step, each
 with its Adam update, and the official schedule (D + G + R1/16 per pair of calls).
 

@@ -144,19 +144,44 @@ impl Encoder {
     /// If the image is not RGB or too small for the texture branch.
     pub fn forward(&self, x: Tensor<4>) -> Codes {
         let mid = self.midpoint(x);
+        Codes {
+            structure: self.structure_from_midpoint(mid.clone()),
+            texture: self.texture_from_midpoint(mid),
+        }
+    }
+
+    /// The structure code's branch alone, from [`Encoder::midpoint`]'s features: what a swap
+    /// needs of its structure image (its texture branch, the 1024- and 2048-channel
+    /// convolutions at full size, is then not run).
+    ///
+    /// # Shapes
+    /// - `mid`: `[batch, C, h/2^sp, w/2^sp]`
+    /// - output: `[batch, spatial_code_ch, h/2^sp, w/2^sp]`, unit norm per pixel
+    pub fn structure_from_midpoint(&self, mid: Tensor<4>) -> Tensor<4> {
         let sp = self
             .to_spatial_code
             .iter()
-            .fold(mid.clone(), |h, layer| layer.forward(h));
+            .fold(mid, |h, layer| layer.forward(h));
+        normalize(sp)
+    }
+
+    /// The texture code's branch alone, from [`Encoder::midpoint`]'s features: what a swap
+    /// needs of its texture image.
+    ///
+    /// # Shapes
+    /// - `mid`: `[batch, C, h/2^sp, w/2^sp]`, at least 7×7 for the default two texture
+    ///   downsamplings
+    /// - output: `[batch, global_code_ch]`, unit norm
+    ///
+    /// # Panics
+    /// If `mid` is too small for the texture branch's valid convolutions.
+    pub fn texture_from_midpoint(&self, mid: Tensor<4>) -> Tensor<2> {
         let g = self
             .down_to_global_code
             .iter()
             .fold(mid, |h, layer| layer.forward(h));
         let [b, c, _, _] = g.dims();
         let pooled = g.mean_dim(3).mean_dim(2).reshape([b, c]);
-        Codes {
-            structure: normalize(sp),
-            texture: normalize(self.to_global_code.forward(pooled)),
-        }
+        normalize(self.to_global_code.forward(pooled))
     }
 }

@@ -151,8 +151,23 @@ impl<'a> Decoder<'a> {
     /// The structure of `structure` with the texture of `texture` (both `[batch, 3, h, w]`;
     /// the texture image may have another size).
     pub fn swap(&mut self, structure: Tensor<4>, texture: Tensor<4>) -> Tensor<4> {
-        let sp = self.encode(structure).structure;
-        let gl = self.encode(texture).texture;
+        // Only the codes a swap uses: the structure image's structure branch and the texture
+        // image's texture branch. Images of one shape share one pass through the trunk (one
+        // batch: the large weights of its small planes are streamed once, not twice).
+        let e = &self.model.e;
+        let (sp, gl) = if structure.dims() == texture.dims() {
+            let b = structure.dims()[0];
+            let mid = e.midpoint(Tensor::cat(vec![structure, texture], 0));
+            (
+                e.structure_from_midpoint(mid.clone().narrow(0, 0, b)),
+                e.texture_from_midpoint(mid.narrow(0, b, b)),
+            )
+        } else {
+            (
+                e.structure_from_midpoint(e.midpoint(structure)),
+                e.texture_from_midpoint(e.midpoint(texture)),
+            )
+        };
         self.decode(sp, Style::Global(gl))
     }
 

@@ -234,13 +234,25 @@ mod flex {
             out: &mut [std::mem::MaybeUninit<f32>],
             wo: usize,
         ) {
-            let k = self.row.len();
-            if k == 4 {
-                let (r, c) = (
-                    std::array::from_fn(|i| self.row[i]),
-                    std::array::from_fn(|i| self.col[i]),
-                );
-                return separable_passes::<4>(&r, &c, padded, pw, rows, out, wo);
+            // The blurs' two sides (the encoder's [1, 2, 1], StyleGAN2's [1, 3, 3, 1]) unrolled;
+            // the generic loop below ran the 3-tap one at 2.5× the 4-tap one's time per output
+            // (`docs/performance.md`, twelfth round).
+            match self.row.len() {
+                3 => {
+                    let (r, c) = (
+                        std::array::from_fn(|i| self.row[i]),
+                        std::array::from_fn(|i| self.col[i]),
+                    );
+                    return separable_passes::<3>(&r, &c, padded, pw, rows, out, wo);
+                }
+                4 => {
+                    let (r, c) = (
+                        std::array::from_fn(|i| self.row[i]),
+                        std::array::from_fn(|i| self.col[i]),
+                    );
+                    return separable_passes::<4>(&r, &c, padded, pw, rows, out, wo);
+                }
+                _ => {}
             }
             for (line, h) in padded.chunks(pw).zip(rows.chunks_mut(wo)) {
                 for (ox, h) in h.iter_mut().enumerate() {
@@ -263,8 +275,12 @@ mod flex {
         }
     }
 
-    /// [`Separable::passes`] for a constant side `K`: each pass a loop over contiguous
-    /// outputs with the taps unrolled, which the compiler vectorises without shuffles.
+    /// [`Separable::passes`] for a constant side `K`: each pass over contiguous outputs in
+    /// blocks of [`LANES`] with the taps unrolled, then the row's last few one at a time. Written
+    /// as plain loops over each output, the column pass compiled to scalar code and took most of
+    /// the filter's time on the small models' 16–33-px planes (`perf annotate`;
+    /// `docs/performance.md`, twelfth round). Each output is the same sum in the same order
+    /// either way.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
     fn separable_passes<const K: usize>(
@@ -276,9 +292,24 @@ mod flex {
         out: &mut [std::mem::MaybeUninit<f32>],
         wo: usize,
     ) {
+        let blocks = wo / LANES * LANES;
         for (line, h) in padded.chunks(pw).zip(rows.chunks_mut(wo)) {
             let line = &line[..wo + K - 1];
-            for ox in 0..wo {
+            for ox in (0..blocks).step_by(LANES) {
+                let taps: [&[f32; LANES]; K] =
+                    std::array::from_fn(|j| line[ox + j..][..LANES].try_into().unwrap());
+                let mut acc = [0.0f32; LANES];
+                for l in 0..LANES {
+                    acc[l] = row[0] * taps[0][l];
+                }
+                for j in 1..K {
+                    for l in 0..LANES {
+                        acc[l] += row[j] * taps[j][l];
+                    }
+                }
+                h[ox..ox + LANES].copy_from_slice(&acc);
+            }
+            for ox in blocks..wo {
                 let mut acc = row[0] * line[ox];
                 for j in 1..K {
                     acc += row[j] * line[ox + j];
@@ -288,7 +319,23 @@ mod flex {
         }
         for (oy, o) in out.chunks_mut(wo).enumerate() {
             let src: [&[f32]; K] = std::array::from_fn(|i| &rows[(oy + i) * wo..][..wo]);
-            for ox in 0..wo {
+            for ox in (0..blocks).step_by(LANES) {
+                let taps: [&[f32; LANES]; K] =
+                    std::array::from_fn(|i| src[i][ox..ox + LANES].try_into().unwrap());
+                let mut acc = [0.0f32; LANES];
+                for l in 0..LANES {
+                    acc[l] = col[0] * taps[0][l];
+                }
+                for i in 1..K {
+                    for l in 0..LANES {
+                        acc[l] += col[i] * taps[i][l];
+                    }
+                }
+                for (o, a) in o[ox..ox + LANES].iter_mut().zip(acc) {
+                    o.write(a);
+                }
+            }
+            for ox in blocks..wo {
                 let mut acc = col[0] * src[0][ox];
                 for i in 1..K {
                     acc += col[i] * src[i][ox];
@@ -297,6 +344,9 @@ mod flex {
             }
         }
     }
+
+    /// Outputs per block of [`separable_passes`]: one AVX2 vector.
+    const LANES: usize = 8;
 }
 crate::composition_on_other_backends!(FirBackend);
 
