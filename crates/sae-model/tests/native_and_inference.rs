@@ -236,28 +236,39 @@ fn interpolation_ends_are_reconstruction_and_swap() {
 
 /// `Decoder::swap` runs only the branches it uses (and one trunk pass for images of one
 /// shape); its output is still the decode of the structure image's structure code with the
-/// texture image's texture code, computed by the full encoder on each image alone.
+/// texture image's texture code, computed by the full encoder on each image alone. Checked on
+/// the default device to within f32 rounding (other backends' convolutions may sum a batch
+/// in another order) and, on Flex, to the bit: our kernels' per-image sums do not depend on
+/// the images beside them in the batch.
 #[test]
 fn swap_is_the_decode_of_the_codes_it_uses() {
-    let device = Device::default();
-    let model: SwappingAutoencoder = tiny().init(&device);
-    let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
-    let xs = images(2, &device);
-    let other_size = |side: usize| {
-        Tensor::<4>::random(
-            [2, 3, side, side],
-            Distribution::Uniform(-1.0, 1.0),
-            &device,
-        )
-    };
-    for xt in [images(2, &device), other_size(160)] {
-        let full = dec.decode(
-            dec.encode(xs.clone()).structure,
-            Style::Global(dec.encode(xt.clone()).texture),
-        );
-        let swap = dec.swap(xs.clone(), xt);
-        // The same products in the same order: the trunk's per-image sums do not depend on
-        // the batch beside them.
-        assert_eq!(swap.into_data(), full.into_data());
+    let mut devices = vec![(Device::default(), false)];
+    #[cfg(feature = "flex")]
+    devices.push((Device::flex(), true));
+    for (device, exact) in devices {
+        let model: SwappingAutoencoder = tiny().init(&device);
+        let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
+        let xs = images(2, &device);
+        let other_size = |side: usize| {
+            Tensor::<4>::random(
+                [2, 3, side, side],
+                Distribution::Uniform(-1.0, 1.0),
+                &device,
+            )
+        };
+        for xt in [images(2, &device), other_size(160)] {
+            let full = dec.decode(
+                dec.encode(xs.clone()).structure,
+                Style::Global(dec.encode(xt.clone()).texture),
+            );
+            let swap = dec.swap(xs.clone(), xt);
+            if exact {
+                assert_eq!(swap.into_data(), full.into_data());
+            } else {
+                // Outputs of order 1: 1e-5 is a few f32 roundings of sums over ≤ 576 products.
+                let diff: f32 = (swap - full).abs().max().into_scalar();
+                assert!(diff < 1e-5, "swap vs full encodings: {diff}");
+            }
+        }
     }
 }
