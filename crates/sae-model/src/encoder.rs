@@ -157,6 +157,10 @@ impl Encoder {
     /// # Shapes
     /// - `mid`: `[batch, C, h/2^sp, w/2^sp]`
     /// - output: `[batch, spatial_code_ch, h/2^sp, w/2^sp]`, unit norm per pixel
+    ///
+    /// # Panics
+    /// If `mid` does not have the trunk's channel count (as [`Encoder::midpoint`] gives it) or
+    /// has a zero-size dimension.
     pub fn structure_from_midpoint(&self, mid: Tensor<4>) -> Tensor<4> {
         let sp = self
             .to_spatial_code
@@ -174,7 +178,8 @@ impl Encoder {
     /// - output: `[batch, global_code_ch]`, unit norm
     ///
     /// # Panics
-    /// If `mid` is too small for the texture branch's valid convolutions.
+    /// If `mid` does not have the trunk's channel count, or is too small for the texture
+    /// branch's valid convolutions.
     pub fn texture_from_midpoint(&self, mid: Tensor<4>) -> Tensor<2> {
         let g = self
             .down_to_global_code

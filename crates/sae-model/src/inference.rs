@@ -149,7 +149,13 @@ impl<'a> Decoder<'a> {
     }
 
     /// The structure of `structure` with the texture of `texture` (both `[batch, 3, h, w]`;
-    /// the texture image may have another size).
+    /// the texture image may have another size). Only the codes a swap uses are computed: the
+    /// structure image's structure code and the texture image's texture code.
+    ///
+    /// # Panics
+    /// If an image is not RGB or too small for the encoder (the texture image for its texture
+    /// branch too: [`crate::EncoderConfig::min_input_size`]), or if the two batch sizes differ
+    /// (the generator's style modulation names both).
     pub fn swap(&mut self, structure: Tensor<4>, texture: Tensor<4>) -> Tensor<4> {
         // Only the codes a swap uses: the structure image's structure branch and the texture
         // image's texture branch. Images of one shape share one pass through the trunk (one

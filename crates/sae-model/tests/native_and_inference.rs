@@ -272,3 +272,14 @@ fn swap_is_the_decode_of_the_codes_it_uses() {
         }
     }
 }
+
+/// Two batch sizes are refused with a message naming both (the swap's documented panic), on
+/// the batched-trunk path's fallback as well: the shapes differ, so each image runs alone.
+#[test]
+#[should_panic(expected = "the style batch (1) must equal the input batch (2)")]
+fn swap_of_two_batch_sizes_names_them() {
+    let device = Device::default();
+    let model: SwappingAutoencoder = tiny().init(&device);
+    let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
+    dec.swap(images(2, &device), images(1, &device));
+}
