@@ -69,6 +69,16 @@ fn time<T>(repeats: usize, device: &Device, mut f: impl FnMut() -> T) -> f64 {
     median((0..repeats).map(|_| run()).collect())
 }
 
+/// With `--features op-profile` and SAE_OP_PROFILE set: prints where the timed calls so far
+/// spent their time, by operation and shape, and starts the table afresh; else nothing.
+fn print_op_profile() {
+    #[cfg(feature = "op-profile")]
+    if sae::nn::op_profile::enabled() {
+        eprint!("{}", sae::nn::op_profile::report(60));
+        sae::nn::op_profile::reset();
+    }
+}
+
 fn swap(batch: usize, repeats: usize, config: &str, device: &Device) -> String {
     let (mut config, size) = match config {
         "church256" => (ModelConfig::from(&Preset::Church256.config()), 256),
@@ -90,13 +100,8 @@ fn swap(batch: usize, repeats: usize, config: &str, device: &Device) -> String {
     let t = time(repeats, device, || {
         decoder.swap(structure.clone(), texture.clone())
     });
-    // With `--features op-profile` and SAE_OP_PROFILE set: the swaps' operations (warm-up
-    // included), by kind and shape.
-    #[cfg(feature = "op-profile")]
-    if sae::nn::op_profile::enabled() {
-        eprint!("{}", sae::nn::op_profile::report(60));
-        sae::nn::op_profile::reset();
-    }
+    // The swaps' operations (warm-up included).
+    print_op_profile();
     format!(r#"{{"swap": {t}}}"#)
 }
 
@@ -158,13 +163,8 @@ fn train(config: &str, batch: usize, repeats: usize, device: &Device) -> String 
 
     opts.losses.r1_once_every = 1_000_000;
     let (d, g) = time_steps(&opts, &root.join("run-a"), repeats, device);
-    // With `--features op-profile` and SAE_OP_PROFILE set: where the D and G steps above
-    // (warm-up calls included) spent their time, by operation and shape.
-    #[cfg(feature = "op-profile")]
-    if sae::nn::op_profile::enabled() {
-        eprint!("{}", sae::nn::op_profile::report(60));
-        sae::nn::op_profile::reset();
-    }
+    // Where the D and G steps above (warm-up calls included) spent their time.
+    print_op_profile();
     opts.losses.r1_once_every = 1;
     let (d_r1, _) = time_steps(&opts, &root.join("run-b"), repeats, device);
     let _ = std::fs::remove_dir_all(&root);

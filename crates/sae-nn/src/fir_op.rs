@@ -238,20 +238,8 @@ mod flex {
             // the generic loop below ran the 3-tap one at 2.5× the 4-tap one's time per output
             // (`docs/performance.md`, twelfth round).
             match self.row.len() {
-                3 => {
-                    let (r, c) = (
-                        std::array::from_fn(|i| self.row[i]),
-                        std::array::from_fn(|i| self.col[i]),
-                    );
-                    return separable_passes::<3>(&r, &c, padded, pw, rows, out, wo);
-                }
-                4 => {
-                    let (r, c) = (
-                        std::array::from_fn(|i| self.row[i]),
-                        std::array::from_fn(|i| self.col[i]),
-                    );
-                    return separable_passes::<4>(&r, &c, padded, pw, rows, out, wo);
-                }
+                3 => return separable_passes::<3>(self, padded, pw, rows, out, wo),
+                4 => return separable_passes::<4>(self, padded, pw, rows, out, wo),
                 _ => {}
             }
             for (line, h) in padded.chunks(pw).zip(rows.chunks_mut(wo)) {
@@ -282,67 +270,71 @@ mod flex {
     /// `docs/performance.md`, twelfth round). Each output is the same sum in the same order
     /// either way.
     #[inline(always)]
-    #[allow(clippy::needless_range_loop)]
     fn separable_passes<const K: usize>(
-        row: &[f32; K],
-        col: &[f32; K],
+        s: &Separable,
         padded: &[f32],
         pw: usize,
         rows: &mut [f32],
         out: &mut [std::mem::MaybeUninit<f32>],
         wo: usize,
     ) {
+        let row: [f32; K] = std::array::from_fn(|j| s.row[j]);
+        let col: [f32; K] = std::array::from_fn(|i| s.col[i]);
         let blocks = wo / LANES * LANES;
         for (line, h) in padded.chunks(pw).zip(rows.chunks_mut(wo)) {
             let line = &line[..wo + K - 1];
             for ox in (0..blocks).step_by(LANES) {
-                let taps: [&[f32; LANES]; K] =
-                    std::array::from_fn(|j| line[ox + j..][..LANES].try_into().unwrap());
-                let mut acc = [0.0f32; LANES];
-                for l in 0..LANES {
-                    acc[l] = row[0] * taps[0][l];
-                }
-                for j in 1..K {
-                    for l in 0..LANES {
-                        acc[l] += row[j] * taps[j][l];
-                    }
-                }
+                let acc = taps_block(&row, |j| &line[ox + j..][..LANES]);
                 h[ox..ox + LANES].copy_from_slice(&acc);
             }
             for ox in blocks..wo {
-                let mut acc = row[0] * line[ox];
-                for j in 1..K {
-                    acc += row[j] * line[ox + j];
-                }
-                h[ox] = acc;
+                h[ox] = taps_one(&row, |j| line[ox + j]);
             }
         }
         for (oy, o) in out.chunks_mut(wo).enumerate() {
             let src: [&[f32]; K] = std::array::from_fn(|i| &rows[(oy + i) * wo..][..wo]);
             for ox in (0..blocks).step_by(LANES) {
-                let taps: [&[f32; LANES]; K] =
-                    std::array::from_fn(|i| src[i][ox..ox + LANES].try_into().unwrap());
-                let mut acc = [0.0f32; LANES];
-                for l in 0..LANES {
-                    acc[l] = col[0] * taps[0][l];
-                }
-                for i in 1..K {
-                    for l in 0..LANES {
-                        acc[l] += col[i] * taps[i][l];
-                    }
-                }
+                let acc = taps_block(&col, |i| &src[i][ox..ox + LANES]);
                 for (o, a) in o[ox..ox + LANES].iter_mut().zip(acc) {
                     o.write(a);
                 }
             }
             for ox in blocks..wo {
-                let mut acc = col[0] * src[0][ox];
-                for i in 1..K {
-                    acc += col[i] * src[i][ox];
-                }
-                o[ox].write(acc);
+                o[ox].write(taps_one(&col, |i| src[i][ox]));
             }
         }
+    }
+
+    /// `Σ_t taps[t] · at(t)[l]` for the [`LANES`] outputs of a block, summed from tap 0 up
+    /// (the order of [`taps_one`], so a block and a single output round alike).
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    fn taps_block<'a, const K: usize>(
+        taps: &[f32; K],
+        at: impl Fn(usize) -> &'a [f32],
+    ) -> [f32; LANES] {
+        let v: [&[f32; LANES]; K] =
+            std::array::from_fn(|t| at(t).try_into().expect("each tap's slice holds one block"));
+        let mut acc = [0.0f32; LANES];
+        for l in 0..LANES {
+            acc[l] = taps[0] * v[0][l];
+        }
+        for t in 1..K {
+            for l in 0..LANES {
+                acc[l] += taps[t] * v[t][l];
+            }
+        }
+        acc
+    }
+
+    /// `Σ_t taps[t] · at(t)` for one output, summed from tap 0 up.
+    #[inline(always)]
+    fn taps_one<const K: usize>(taps: &[f32; K], at: impl Fn(usize) -> f32) -> f32 {
+        let mut acc = taps[0] * at(0);
+        for (t, &w) in taps.iter().enumerate().skip(1) {
+            acc += w * at(t);
+        }
+        acc
     }
 
     /// Outputs per block of [`separable_passes`]: one AVX2 vector.
