@@ -199,11 +199,22 @@ fn main() {
         (12, 256, 4, 2, 2),
         (1, 128, 257, 1, 1),
     ];
-    if let Some(&i) = only.iter().find(|&&i| i > cases.len() + blurs.len()) {
-        eprintln!(
-            "bench_conv: CASE {i}: there are {} cases",
-            cases.len() + blurs.len()
-        );
+    // Numbered on after the blurs (the earlier rounds' notes cite the rows above by number):
+    // the thirteenth round's small planes. The patch discriminator's 4×4 → 2×2 layers, which
+    // run as one dense GEMM, and stride-1 3×3 layers on planes under 64 px, which run as the
+    // direct GEMM below 256 channels and as Winograd from there (512 at 16 px); compare each
+    // with `SAE_WINOGRAD=0`, which turns both fast paths off.
+    let small: [Case; 6] = [
+        (192, 64, 32, 4, 3, 1, 0),
+        (64, 64, 32, 4, 3, 1, 0),
+        (192, 32, 32, 8, 3, 1, 1),
+        (96, 64, 64, 8, 3, 1, 1),
+        (10, 128, 128, 16, 3, 1, 1),
+        (8, 512, 512, 16, 3, 1, 1),
+    ];
+    let total = cases.len() + blurs.len() + small.len();
+    if let Some(&i) = only.iter().find(|&&i| i > total) {
+        eprintln!("bench_conv: CASE {i}: there are {total} cases");
         std::process::exit(2)
     }
     for (i, case) in cases.into_iter().enumerate() {
@@ -211,7 +222,11 @@ fn main() {
             run(case, repeats);
         }
     }
-    if only.is_empty() || only.iter().any(|&i| i > cases.len()) {
+    if only.is_empty()
+        || only
+            .iter()
+            .any(|&i| i > cases.len() && i <= cases.len() + blurs.len())
+    {
         println!(
             "\n| blur [1, 3, 3, 1] (batch×channels, size, pad) | Flex fwd | ours fwd | ours / Flex | Flex fwd + input grad | ours fwd + input grad | ours / Flex |"
         );
@@ -220,6 +235,18 @@ fn main() {
     for (i, case) in blurs.into_iter().enumerate() {
         if only.is_empty() || only.contains(&(cases.len() + i + 1)) {
             run_blur(case, repeats);
+        }
+    }
+    let first = cases.len() + blurs.len();
+    if only.is_empty() || only.iter().any(|&i| i > first) {
+        println!(
+            "\n| small planes (batch×in→out, size, kernel) | Flex fwd | ours fwd | ours / Flex | Flex fwd+bwd | ours fwd+bwd | ours / Flex |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+    }
+    for (i, case) in small.into_iter().enumerate() {
+        if only.is_empty() || only.contains(&(first + i + 1)) {
+            run(case, repeats);
         }
     }
 }

@@ -157,29 +157,34 @@ impl<'a> Decoder<'a> {
     /// branch too: [`crate::EncoderConfig::min_input_size`]), or if the two batch sizes differ
     /// (the generator's style modulation names both).
     pub fn swap(&mut self, structure: Tensor<4>, texture: Tensor<4>) -> Tensor<4> {
-        // Only the codes a swap uses: the structure image's structure branch and the texture
-        // image's texture branch. Images of one shape share one pass through the trunk (one
-        // batch: the large weights of its small planes are streamed once, not twice).
         let e = &self.model.e;
-        let (sp, gl) = if structure.dims() == texture.dims() {
-            let b = structure.dims()[0];
-            let mid = e.midpoint(Tensor::cat(vec![structure, texture], 0));
-            (
-                e.structure_from_midpoint(mid.clone().narrow(0, 0, b)),
-                e.texture_from_midpoint(mid.narrow(0, b, b)),
-            )
-        } else {
-            (
-                e.structure_from_midpoint(e.midpoint(structure)),
-                e.texture_from_midpoint(e.midpoint(texture)),
-            )
-        };
+        let (ms, mt) = self.midpoints(structure, texture);
+        let (sp, gl) = (e.structure_from_midpoint(ms), e.texture_from_midpoint(mt));
         self.decode(sp, Style::Global(gl))
+    }
+
+    /// The encoder's trunk ([`crate::Encoder::midpoint`]) on a structure and a texture image:
+    /// one pass over both when they have one shape (one batch: the large weights of its small
+    /// planes are streamed once, not twice), else one each. What a swap or an interpolation
+    /// needs next are branches, and never the texture image's structure code.
+    fn midpoints(&self, structure: Tensor<4>, texture: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let e = &self.model.e;
+        if structure.dims() != texture.dims() {
+            return (e.midpoint(structure), e.midpoint(texture));
+        }
+        let b = structure.dims()[0];
+        let mid = e.midpoint(Tensor::cat(vec![structure, texture], 0));
+        (mid.clone().narrow(0, 0, b), mid.narrow(0, b, b))
     }
 
     /// The official `simple_swapping` evaluator: for each `α`,
     /// `G(sp, (1−α)·g_structure + α·g_texture)`; `α = 0` reconstructs, `α = 1` swaps. G
-    /// renormalises the mixed code.
+    /// renormalises the mixed code. As in [`Decoder::swap`], the texture image's structure
+    /// code is not computed, and images of one shape share one pass through the encoder's
+    /// trunk.
+    ///
+    /// # Panics
+    /// As [`Decoder::swap`] (the structure image also needs the texture branch's size here).
     ///
     /// # Shapes
     /// - `structure`: `[batch, 3, h, w]`; `texture`: `[batch, 3, h', w']`
@@ -190,8 +195,22 @@ impl<'a> Decoder<'a> {
         texture: Tensor<4>,
         alphas: &[f32],
     ) -> Vec<Tensor<4>> {
-        let src = self.encode(structure);
-        let tgt = self.encode(texture).texture;
+        let e = &self.model.e;
+        let (ms, mt) = self.midpoints(structure, texture);
+        let sp = e.structure_from_midpoint(ms.clone());
+        // Both texture codes from one pass through the texture branch where the midpoints
+        // have one shape (its last convolution's weight is the encoder's largest).
+        let (own, tgt) = if ms.dims() == mt.dims() {
+            let b = ms.dims()[0];
+            let both = e.texture_from_midpoint(Tensor::cat(vec![ms, mt], 0));
+            (both.clone().narrow(0, 0, b), both.narrow(0, b, b))
+        } else {
+            (e.texture_from_midpoint(ms), e.texture_from_midpoint(mt))
+        };
+        let src = Codes {
+            structure: sp,
+            texture: own,
+        };
         self.interpolate_codes(&src, tgt, alphas, None)
     }
 

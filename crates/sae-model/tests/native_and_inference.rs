@@ -273,6 +273,40 @@ fn swap_is_the_decode_of_the_codes_it_uses() {
     }
 }
 
+/// `Decoder::interpolate` is `interpolate_codes` on the full encodings of both images (the
+/// structure image's two codes, the texture image's texture code), whether the images share
+/// one pass through the trunk and the texture branch (one shape) or not (160 px): to the bit on
+/// Flex, within f32 rounding on the default device, as for the swap above.
+#[test]
+fn interpolate_is_the_mix_of_the_full_encodings() {
+    let mut devices = vec![(Device::default(), false)];
+    #[cfg(feature = "flex")]
+    devices.push((Device::flex(), true));
+    let alphas = [0.0, 0.5, 1.0];
+    for (device, exact) in devices {
+        let model: SwappingAutoencoder = tiny().init(&device);
+        let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
+        let xs = images(2, &device);
+        let other =
+            Tensor::<4>::random([2, 3, 160, 160], Distribution::Uniform(-1.0, 1.0), &device);
+        for xt in [images(2, &device), other] {
+            let src = dec.encode(xs.clone());
+            let full = dec.interpolate_codes(&src, dec.encode(xt.clone()).texture, &alphas, None);
+            let mixed = dec.interpolate(xs.clone(), xt, &alphas);
+            assert_eq!(mixed.len(), alphas.len());
+            for (m, f) in mixed.into_iter().zip(full) {
+                if exact {
+                    assert_eq!(m.into_data(), f.into_data());
+                } else {
+                    // As in the swap test: outputs of order 1, sums over ≤ 576 products.
+                    let diff: f32 = (m - f).abs().max().into_scalar();
+                    assert!(diff < 1e-5, "interpolate vs full encodings: {diff}");
+                }
+            }
+        }
+    }
+}
+
 /// Two batch sizes are refused with a message naming both (the swap's documented panic), on
 /// the batched-trunk path's fallback as well: the shapes differ, so each image runs alone.
 #[test]

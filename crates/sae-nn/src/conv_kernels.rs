@@ -35,7 +35,13 @@
 //! phase's two-tap axes, 25 products per 4×4 output pixels instead of 36. Their transforms
 //! have factors 0, ±1 and ½ only, so they differ from the direct path by f32 summation order
 //! (below 1e-6 of the output's largest value at full size in the tests below).
-//! `SAE_WINOGRAD=0` (or `off`) turns them off.
+//!
+//! Convolutions whose output planes have at most 4 pixels (the patch discriminator's last
+//! layers) run over whole planes as one GEMM with the convolution's dense matrix
+//! ([`dense_plane_matrix`]), which has no im2col and one GEMM for the whole batch. It also
+//! differs from the direct path by summation order only.
+//!
+//! `SAE_WINOGRAD=0` (or `off`) turns both off: every convolution then runs as the direct GEMM.
 
 use rayon::prelude::*;
 
@@ -675,6 +681,16 @@ const WINOGRAD_MIN_CHANNELS: usize = 32;
 /// 1.1–1.6×; from 256 × 512 (32 px) and 2048 × 32 the Winograd path was faster.
 const WINOGRAD_MIN_WORK: usize = 1 << 16;
 
+/// Output planes narrower than this take the Winograd path only with
+/// [`WINOGRAD_NARROW_CHANNELS`] channels both ways: on 8–32-px planes with 32–128 channels its
+/// transforms run over tile rows of 4–16 tiles and its 16 GEMMs have `K = ci` of 32–128, and
+/// the direct path was 1.1–1.7× faster (`docs/performance.md`, thirteenth round); at 512
+/// channels on 16 px it is the Winograd path that is 1.2× faster.
+const WINOGRAD_NARROW: usize = 64;
+
+/// See [`WINOGRAD_NARROW`].
+const WINOGRAD_NARROW_CHANNELS: usize = 256;
+
 /// Whether [`conv_forward`] takes the Winograd path for this geometry.
 fn winograd_applies(g: &ConvGeom) -> bool {
     let tiles = g.b * g.ho.div_ceil(2) * g.wo.div_ceil(2);
@@ -684,6 +700,7 @@ fn winograd_applies(g: &ConvGeom) -> bool {
         && g.ci.min(g.co) >= WINOGRAD_MIN_CHANNELS
         && tiles >= 256
         && tiles * g.ci.min(g.co) >= WINOGRAD_MIN_WORK
+        && (g.wo >= WINOGRAD_NARROW || g.ci.min(g.co) >= WINOGRAD_NARROW_CHANNELS)
 }
 
 /// `U[ξ][o][c] = (G · w[o, c] · Gᵀ)[ξ]` of Winograd's F(2×2, 3×3), `ξ = 4·i + j`, with
@@ -1552,6 +1569,166 @@ fn winograd_setting(value: Option<&std::ffi::OsStr>) -> bool {
     }
 }
 
+/// The most floats of a [`dense_plane_matrix`] (4 MiB): it is built on every call.
+const DENSE_PLANE_MAX: usize = 1 << 20;
+
+/// The largest output plane (pixels) that runs as a dense GEMM: 2×2, the patch discriminator's
+/// 3×3 convolution of a 4×4 plane without padding. At 4×4 outputs the direct path ran at
+/// 70–95 GFLOP/s and the dense one no faster (its forward slower).
+const DENSE_PLANE_MAX_OUTPUT: usize = 4;
+
+/// The smallest batch that runs as a dense GEMM: the matrix is built on every call, and at a
+/// batch of 8 building it took longer than the direct convolution (`docs/performance.md`,
+/// thirteenth round).
+const DENSE_PLANE_MIN_BATCH: usize = 32;
+
+/// Whether a convolution runs as one GEMM with its dense matrix over whole planes
+/// ([`dense_plane_matrix`]): output planes of at most [`DENSE_PLANE_MAX_OUTPUT`] pixels from
+/// input planes with at most twice as many pixels as the kernel has taps (so the matrix's zeros
+/// at most double the products), at batches from [`DENSE_PLANE_MIN_BATCH`] and with a small
+/// matrix. There the direct path's tiles were one image of 4 output pixels, each GEMM 4 columns
+/// wide and each im2col row a copy of 2 floats: the quickstart's patch discriminator's layers
+/// from 4×4 to 2×2 ran at 14–20 GFLOP/s, and 50–70 this way (`docs/performance.md`,
+/// thirteenth round).
+fn dense_plane_applies(g: &ConvGeom) -> bool {
+    let (pi, po) = (g.h * g.w, g.ho * g.wo);
+    po <= DENSE_PLANE_MAX_OUTPUT
+        && pi <= 2 * g.k * g.k
+        && g.b >= DENSE_PLANE_MIN_BATCH
+        && g.co * po * g.ci * pi <= DENSE_PLANE_MAX
+}
+
+/// The connections of one input channel to one output channel over whole planes: `(output
+/// pixel, input pixel, tap)` for every tap `(kh, kw)` that reads an input pixel (not the
+/// padding), in the order of output pixels, then taps.
+fn plane_taps(g: &ConvGeom) -> Vec<(usize, usize, usize)> {
+    let inside = |o: usize, kt: usize, len: usize| {
+        (o * g.stride + kt).checked_sub(g.pad).filter(|&i| i < len)
+    };
+    let mut taps = Vec::new();
+    for oy in 0..g.ho {
+        for ox in 0..g.wo {
+            for kh in 0..g.k {
+                for kw in 0..g.k {
+                    if let (Some(iy), Some(ix)) = (inside(oy, kh, g.h), inside(ox, kw, g.w)) {
+                        taps.push((oy * g.wo + ox, iy * g.w + ix, kh * g.k + kw));
+                    }
+                }
+            }
+        }
+    }
+    taps
+}
+
+/// The convolution as a dense matrix over whole planes, `D [co·ho·wo, ci·h·w]` with
+/// `D[(o, oy, ox), (c, iy, ix)] = w[o, c, iy + p − oy·s, ix + p − ox·s]` where that tap exists
+/// and 0 elsewhere. An NCHW batch is a matrix of one row per image (`[b, ci·h·w]`), so the
+/// convolution is `y = x · Dᵀ`, its input gradient `dx = g · D`, and its weight gradient the
+/// fold of `gᵀ · x` onto the taps: each one GEMM over the whole batch, with no im2col.
+fn dense_plane_matrix(weight: &[f32], g: &ConvGeom, taps: &[(usize, usize, usize)]) -> Vec<f32> {
+    let (pi, po, k2) = (g.h * g.w, g.ho * g.wo, g.k * g.k);
+    let cols = g.ci * pi;
+    let mut d = vec![0.0f32; g.co * po * cols];
+    d.par_chunks_mut(po * cols)
+        .enumerate()
+        .for_each(|(o, rows)| {
+            for c in 0..g.ci {
+                let w = &weight[(o * g.ci + c) * k2..][..k2];
+                for &(q, p, t) in taps {
+                    rows[q * cols + c * pi + p] = w[t];
+                }
+            }
+        });
+    d
+}
+
+/// [`conv_forward`] as `y = scale · x · Dᵀ` ([`dense_plane_matrix`]).
+///
+/// The three dense GEMMs run on the calling thread: at these sizes (a few tens of MFLOP, most of
+/// the time in packing the operands) the GEMM on the pool of two threads took as long or longer
+/// (0.18–0.25 against 0.28–0.55 ms at batch 32 and 64; `docs/performance.md`, thirteenth round).
+fn dense_forward(x: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) -> Vec<f32> {
+    let (cols, rows) = (g.ci * g.h * g.w, g.co * g.ho * g.wo);
+    let d = dense_plane_matrix(weight, g, &plane_taps(g));
+    let mut y = vec![0.0f32; g.b * rows];
+    // SAFETY: y is [b, rows], x [b, cols] and Dᵀ [cols, rows] (D read transposed).
+    unsafe {
+        gemm(
+            [g.b, rows, cols],
+            y.as_mut_ptr(),
+            [rows as isize, 1],
+            false,
+            scale,
+            x.as_ptr(),
+            [cols as isize, 1],
+            d.as_ptr(),
+            [1, cols as isize],
+            false,
+        )
+    }
+    y
+}
+
+/// [`conv_input_grad`] as `dx = scale · g · D` ([`dense_plane_matrix`]).
+fn dense_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) -> Vec<f32> {
+    let (cols, rows) = (g.ci * g.h * g.w, g.co * g.ho * g.wo);
+    let d = dense_plane_matrix(weight, g, &plane_taps(g));
+    let mut dx = vec![0.0f32; g.b * cols];
+    // SAFETY: dx is [b, cols], grad [b, rows] and D [rows, cols].
+    unsafe {
+        gemm(
+            [g.b, cols, rows],
+            dx.as_mut_ptr(),
+            [cols as isize, 1],
+            false,
+            scale,
+            grad.as_ptr(),
+            [rows as isize, 1],
+            d.as_ptr(),
+            [cols as isize, 1],
+            false,
+        )
+    }
+    dx
+}
+
+/// [`conv_weight_grad`] as the fold of `dD = scale · gᵀ · x` onto the taps: `dW[o, c, t]` is
+/// the sum of `dD`'s entries that hold tap `t` (the transpose of [`dense_plane_matrix`]'s
+/// scatter), in [`plane_taps`]' order.
+fn dense_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom, scale: f32) -> Vec<f32> {
+    let (pi, po, k2) = (g.h * g.w, g.ho * g.wo, g.k * g.k);
+    let (cols, rows) = (g.ci * pi, g.co * po);
+    let mut dd = vec![0.0f32; rows * cols];
+    // SAFETY: dD is [rows, cols], gᵀ [rows, b] (grad [b, rows] read transposed), x [b, cols].
+    unsafe {
+        gemm(
+            [rows, cols, g.b],
+            dd.as_mut_ptr(),
+            [cols as isize, 1],
+            false,
+            scale,
+            grad.as_ptr(),
+            [1, rows as isize],
+            x.as_ptr(),
+            [cols as isize, 1],
+            false,
+        )
+    }
+    let taps = plane_taps(g);
+    let mut dw = vec![0.0f32; g.co * g.ci * k2];
+    dw.par_chunks_mut(g.ci * k2)
+        .enumerate()
+        .for_each(|(o, dwo)| {
+            let block = &dd[o * po * cols..][..po * cols];
+            for (c, w) in dwo.chunks_exact_mut(k2).enumerate() {
+                for &(q, p, t) in &taps {
+                    w[t] += block[q * cols + c * pi + p];
+                }
+            }
+        });
+    dw
+}
+
 /// `conv2d(x, scale · weight)` without bias (`scale` applied by the GEMMs).
 ///
 /// # Shapes
@@ -1562,6 +1739,9 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) 
     debug_assert_eq!(weight.len(), g.co * kk);
     if winograd_applies(g) && winograd_enabled() {
         return conv_forward_winograd(x, weight, g, winograd_block(g), scale);
+    }
+    if dense_plane_applies(g) && winograd_enabled() {
+        return dense_forward(x, weight, g, scale);
     }
     let len = g.b * g.co * plane_out;
     // Not zeroed: the tiles cover every output element once and the GEMM does not read `dst`
@@ -1646,6 +1826,9 @@ pub(crate) fn conv_weight_grad(x: &[f32], grad: &[f32], g: &ConvGeom, scale: f32
     debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
     if winograd_applies(g) && winograd_enabled() {
         return conv_weight_grad_winograd(x, grad, g, winograd_block(g), scale);
+    }
+    if dense_plane_applies(g) && winograd_enabled() {
+        return dense_weight_grad(x, grad, g, scale);
     }
     // The pixels are this GEMM's inner dimension (at least MIN_TILE_PIXELS per call).
     let tiles = g.tiles();
@@ -1781,6 +1964,9 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom, scale:
     debug_assert_eq!(grad.len(), g.b * g.co * plane_out);
     debug_assert_eq!(weight.len(), g.co * kk);
     let k = g.k;
+    if dense_plane_applies(g) && winograd_enabled() {
+        return dense_input_grad(grad, weight, g, scale);
+    }
     // A stride-1 convolution's adjoint is the convolution with the kernel flipped in space,
     // input and output channels swapped, and padding k − 1 − p: one fast forward pass. Not
     // where tiles hold several images (small planes, large weights): there the weight is read
@@ -2057,6 +2243,15 @@ mod tests {
             ([1, 1, 3, 1], 1, 1, 3, 1),
             ([2, 1, 5, 1], 2, 7, 2, 3),
             ([1, 2, 7, 2], 2, 6, 1, 2),
+            // Whole planes as one dense GEMM (`dense_plane_applies`): 4×4 to 2×2 (the patch
+            // discriminator's), 2×2 with padding, stride 2, a 5×5 kernel, a pointwise one and
+            // a 1-px output plane.
+            ([33, 3, 4, 4], 2, 3, 1, 0),
+            ([32, 2, 2, 2], 3, 3, 1, 1),
+            ([40, 3, 3, 3], 2, 3, 2, 1),
+            ([32, 2, 4, 4], 2, 5, 2, 2),
+            ([32, 3, 1, 2], 2, 1, 1, 0),
+            ([35, 2, 3, 3], 4, 3, 1, 0),
         ] {
             let g = ConvGeom::new(shape, co, k, s, p).unwrap();
             let x = values(g.b * g.ci * g.h * g.w, 1);
@@ -2202,6 +2397,13 @@ mod tests {
         assert!(!applies([1, 16, 256, 256], 16, 3, 1, 1));
         assert!(!applies([1, 512, 66, 66], 512, 3, 2, 0));
         assert!(!applies([1, 512, 64, 64], 512, 1, 1, 0));
+        // Planes under 64 px: only from 256 channels both ways (the 128-px config's
+        // discriminators at 16 px and 128 channels, its patch discriminator at 8 and 16 px).
+        assert!(applies([6, 64, 64, 64], 64, 3, 1, 1));
+        assert!(!applies([10, 128, 16, 16], 128, 3, 1, 1));
+        assert!(!applies([96, 64, 8, 8], 64, 3, 1, 1));
+        assert!(!applies([96, 32, 16, 16], 32, 3, 1, 1));
+        assert!(applies([4, 256, 32, 32], 256, 3, 1, 1));
         let transposed = |shape, co, k, s, p| {
             transpose_winograd_applies(&ConvGeom::new(shape, co, k, s, p).unwrap())
         };
@@ -2211,6 +2413,51 @@ mod tests {
         assert!(!transposed([1, 512, 65, 65], 512, 3, 2, 0));
         assert!(!transposed([4, 64, 65, 65], 128, 3, 2, 0));
         assert!(!transposed([1, 256, 129, 129], 512, 3, 1, 0));
+    }
+
+    /// Which convolutions run as one dense GEMM, and that they agree with the direct path
+    /// (within the unit tests' 1e-5 of the largest value: the same products, other sums), on
+    /// one thread and on many; `check_every_geometry` holds them to the definition.
+    #[test]
+    fn dense_planes_agree_with_the_direct_path() {
+        let geom = |shape, co, k, s, p| ConvGeom::new(shape, co, k, s, p).unwrap();
+        // The quickstart's patch discriminator: 4×4 to 2×2, at its batches of 64 and 192.
+        assert!(dense_plane_applies(&geom([192, 64, 4, 4], 32, 3, 1, 0)));
+        assert!(dense_plane_applies(&geom([64, 64, 4, 4], 32, 3, 1, 0)));
+        // Not: a 4×4 output plane, a small batch, a matrix over DENSE_PLANE_MAX, an input
+        // plane over twice the taps.
+        assert!(!dense_plane_applies(&geom([192, 32, 4, 4], 64, 3, 1, 1)));
+        assert!(!dense_plane_applies(&geom([8, 64, 4, 4], 32, 3, 1, 0)));
+        assert!(!dense_plane_applies(&geom([64, 512, 4, 4], 512, 3, 1, 0)));
+        assert!(!dense_plane_applies(&geom([64, 8, 5, 5], 8, 3, 2, 0)));
+        on_one_and_many_threads(|| {
+            for g in [
+                geom([33, 5, 4, 4], 3, 3, 1, 0),
+                geom([40, 3, 3, 3], 4, 3, 2, 1),
+            ] {
+                assert!(dense_plane_applies(&g));
+                let x = values(g.b * g.ci * g.h * g.w, 4);
+                let w = values(g.co * g.kk(), 5);
+                let gr = values(g.b * g.co * g.ho * g.wo, 6);
+                let run = || {
+                    [
+                        conv_forward(&x, &w, &g, SCALE),
+                        conv_input_grad(&gr, &w, &g, SCALE),
+                        conv_weight_grad(&x, &gr, &g, SCALE),
+                    ]
+                };
+                let dense = run();
+                DIRECT_ONLY.set(true);
+                let direct = run();
+                DIRECT_ONLY.set(false);
+                for (name, (a, b)) in ["forward", "input grad", "weight grad"]
+                    .iter()
+                    .zip(dense.iter().zip(&direct))
+                {
+                    close(a, b, &format!("{name} {g:?}"));
+                }
+            }
+        });
     }
 
     #[test]
