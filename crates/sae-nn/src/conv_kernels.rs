@@ -1642,54 +1642,47 @@ fn dense_plane_matrix(weight: &[f32], g: &ConvGeom, taps: &[(usize, usize, usize
     d
 }
 
-/// [`conv_forward`] as `y = scale · x · Dᵀ` ([`dense_plane_matrix`]).
-///
-/// The three dense GEMMs run on the calling thread: at these sizes (a few tens of MFLOP, most of
-/// the time in packing the operands) the GEMM on the pool of two threads took as long or longer
-/// (0.18–0.25 against 0.28–0.55 ms at batch 32 and 64; `docs/performance.md`, thirteenth round).
-fn dense_forward(x: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) -> Vec<f32> {
-    let (cols, rows) = (g.ci * g.h * g.w, g.co * g.ho * g.wo);
-    let d = dense_plane_matrix(weight, g, &plane_taps(g));
-    let mut y = vec![0.0f32; g.b * rows];
-    // SAFETY: y is [b, rows], x [b, cols] and Dᵀ [cols, rows] (D read transposed).
-    unsafe {
-        gemm(
-            [g.b, rows, cols],
-            y.as_mut_ptr(),
-            [rows as isize, 1],
-            false,
-            scale,
-            x.as_ptr(),
-            [cols as isize, 1],
-            d.as_ptr(),
-            [1, cols as isize],
-            false,
-        )
-    }
-    y
+/// Which product with [`dense_plane_matrix`] a pass is.
+#[derive(Clone, Copy)]
+enum DensePass {
+    /// [`conv_forward`]: `y = scale · x · Dᵀ`, `x [b, ci·h·w]` → `[b, co·ho·wo]`.
+    Forward,
+    /// [`conv_input_grad`]: `dx = scale · g · D`, `g [b, co·ho·wo]` → `[b, ci·h·w]`.
+    InputGrad,
 }
 
-/// [`conv_input_grad`] as `dx = scale · g · D` ([`dense_plane_matrix`]).
-fn dense_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) -> Vec<f32> {
+/// The forward pass or the input gradient as one GEMM with the dense matrix `D`
+/// ([`dense_plane_matrix`]) over the whole batch `a`.
+///
+/// The dense GEMMs (these two and [`dense_weight_grad`]'s) run on the calling thread: at these
+/// sizes (a few tens of MFLOP, most of the time in packing the operands) the GEMM on the pool of
+/// two threads took as long or longer (0.18–0.25 against 0.28–0.55 ms at batch 32 and 64;
+/// `docs/performance.md`, thirteenth round).
+fn dense_pass(a: &[f32], weight: &[f32], g: &ConvGeom, scale: f32, pass: DensePass) -> Vec<f32> {
     let (cols, rows) = (g.ci * g.h * g.w, g.co * g.ho * g.wo);
     let d = dense_plane_matrix(weight, g, &plane_taps(g));
-    let mut dx = vec![0.0f32; g.b * cols];
-    // SAFETY: dx is [b, cols], grad [b, rows] and D [rows, cols].
+    // `D [rows, cols]` is read transposed for the forward pass.
+    let (inner, outer, d_strides) = match pass {
+        DensePass::Forward => (cols, rows, [1, cols as isize]),
+        DensePass::InputGrad => (rows, cols, [cols as isize, 1]),
+    };
+    let mut out = vec![0.0f32; g.b * outer];
+    // SAFETY: out is [b, outer], a [b, inner] and op(D) [inner, outer] with the strides above.
     unsafe {
         gemm(
-            [g.b, cols, rows],
-            dx.as_mut_ptr(),
-            [cols as isize, 1],
+            [g.b, outer, inner],
+            out.as_mut_ptr(),
+            [outer as isize, 1],
             false,
             scale,
-            grad.as_ptr(),
-            [rows as isize, 1],
+            a.as_ptr(),
+            [inner as isize, 1],
             d.as_ptr(),
-            [cols as isize, 1],
+            d_strides,
             false,
         )
     }
-    dx
+    out
 }
 
 /// [`conv_weight_grad`] as the fold of `dD = scale · gᵀ · x` onto the taps: `dW[o, c, t]` is
@@ -1741,7 +1734,7 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], g: &ConvGeom, scale: f32) 
         return conv_forward_winograd(x, weight, g, winograd_block(g), scale);
     }
     if dense_plane_applies(g) && winograd_enabled() {
-        return dense_forward(x, weight, g, scale);
+        return dense_pass(x, weight, g, scale, DensePass::Forward);
     }
     let len = g.b * g.co * plane_out;
     // Not zeroed: the tiles cover every output element once and the GEMM does not read `dst`
@@ -1965,7 +1958,7 @@ pub(crate) fn conv_input_grad(grad: &[f32], weight: &[f32], g: &ConvGeom, scale:
     debug_assert_eq!(weight.len(), g.co * kk);
     let k = g.k;
     if dense_plane_applies(g) && winograd_enabled() {
-        return dense_input_grad(grad, weight, g, scale);
+        return dense_pass(grad, weight, g, scale, DensePass::InputGrad);
     }
     // A stride-1 convolution's adjoint is the convolution with the kernel flipped in space,
     // input and output channels swapped, and padding k − 1 − p: one fast forward pass. Not
@@ -2274,6 +2267,25 @@ mod tests {
         }
     }
 
+    /// The forward pass, the input gradient and the weight gradient of `g` (weight scale
+    /// [`SCALE`]).
+    fn passes(x: &[f32], w: &[f32], gr: &[f32], g: &ConvGeom) -> [Vec<f32>; 3] {
+        [
+            conv_forward(x, w, g, SCALE),
+            conv_input_grad(gr, w, g, SCALE),
+            conv_weight_grad(x, gr, g, SCALE),
+        ]
+    }
+
+    /// `run()` as built, then on the direct paths only ([`DIRECT_ONLY`]).
+    fn as_built_and_direct<T>(run: impl Fn() -> T) -> (T, T) {
+        let fast = run();
+        DIRECT_ONLY.set(true);
+        let direct = run();
+        DIRECT_ONLY.set(false);
+        (fast, direct)
+    }
+
     /// The Winograd path against the definition: odd sizes (clipped last tiles), pads 0–2
     /// (2 is the input gradient of a pad-0 convolution), planes smaller than a tile, blocks of
     /// one tile row, of several (a shorter last one) and of the whole batch; on one thread
@@ -2356,17 +2368,10 @@ mod tests {
         let tw = values(t.co * t.kk(), 12);
         let tg = values(t.b * t.co * t.ho * t.wo, 13);
         let run = || {
-            [
-                conv_forward(&x, &w, &g, SCALE),
-                conv_input_grad(&gr, &w, &g, SCALE),
-                conv_weight_grad(&x, &gr, &g, SCALE),
-                conv_input_grad(&tg, &tw, &t, SCALE),
-            ]
+            let [y, dx, dw] = passes(&x, &w, &gr, &g);
+            [y, dx, dw, conv_input_grad(&tg, &tw, &t, SCALE)]
         };
-        let fast = run();
-        DIRECT_ONLY.set(true);
-        let direct = run();
-        DIRECT_ONLY.set(false);
+        let (fast, direct) = as_built_and_direct(run);
         for (name, (a, b)) in ["forward", "input grad", "weight grad", "transposed"]
             .iter()
             .zip(fast.iter().zip(&direct))
@@ -2439,17 +2444,7 @@ mod tests {
                 let x = values(g.b * g.ci * g.h * g.w, 4);
                 let w = values(g.co * g.kk(), 5);
                 let gr = values(g.b * g.co * g.ho * g.wo, 6);
-                let run = || {
-                    [
-                        conv_forward(&x, &w, &g, SCALE),
-                        conv_input_grad(&gr, &w, &g, SCALE),
-                        conv_weight_grad(&x, &gr, &g, SCALE),
-                    ]
-                };
-                let dense = run();
-                DIRECT_ONLY.set(true);
-                let direct = run();
-                DIRECT_ONLY.set(false);
+                let (dense, direct) = as_built_and_direct(|| passes(&x, &w, &gr, &g));
                 for (name, (a, b)) in ["forward", "input grad", "weight grad"]
                     .iter()
                     .zip(dense.iter().zip(&direct))
