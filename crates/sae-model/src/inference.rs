@@ -84,6 +84,50 @@ pub fn mix_textures(a: Tensor<2>, b: Tensor<2>, alpha: f32) -> Tensor<2> {
     a * (1.0 - alpha) + b * alpha
 }
 
+/// The encoder's trunk ([`crate::Encoder::midpoint`]) on a structure and a texture image, for
+/// a swap or an interpolation, which then need branches only (never the texture image's
+/// structure code): one pass over both when they have one shape (one batch: the large weights
+/// of its small planes are streamed once, not twice), else one each.
+struct Midpoints {
+    /// The trunk's features: of both batches, structure images first (`texture` is `None`),
+    /// or of the structure images alone.
+    mid: Tensor<4>,
+    /// The texture images' features, where they ran alone.
+    texture: Option<Tensor<4>>,
+    /// The structure batch.
+    batch: usize,
+}
+
+impl Midpoints {
+    fn of(e: &crate::Encoder, structure: Tensor<4>, texture: Tensor<4>) -> Self {
+        let batch = structure.dims()[0];
+        if structure.dims() != texture.dims() {
+            return Self {
+                mid: e.midpoint(structure),
+                texture: Some(e.midpoint(texture)),
+                batch,
+            };
+        }
+        let mid = e.midpoint(Tensor::cat(vec![structure, texture], 0));
+        Self {
+            mid,
+            texture: None,
+            batch,
+        }
+    }
+
+    /// The structure images' features and the texture images'.
+    fn split(self) -> (Tensor<4>, Tensor<4>) {
+        match self.texture {
+            Some(texture) => (self.mid, texture),
+            None => (
+                self.mid.clone().narrow(0, 0, self.batch),
+                self.mid.narrow(0, self.batch, self.batch),
+            ),
+        }
+    }
+}
+
 /// How a decode fills the generator's noise inputs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum NoiseMode {
@@ -158,23 +202,9 @@ impl<'a> Decoder<'a> {
     /// (the generator's style modulation names both).
     pub fn swap(&mut self, structure: Tensor<4>, texture: Tensor<4>) -> Tensor<4> {
         let e = &self.model.e;
-        let (ms, mt) = self.midpoints(structure, texture);
+        let (ms, mt) = Midpoints::of(e, structure, texture).split();
         let (sp, gl) = (e.structure_from_midpoint(ms), e.texture_from_midpoint(mt));
         self.decode(sp, Style::Global(gl))
-    }
-
-    /// The encoder's trunk ([`crate::Encoder::midpoint`]) on a structure and a texture image:
-    /// one pass over both when they have one shape (one batch: the large weights of its small
-    /// planes are streamed once, not twice), else one each. What a swap or an interpolation
-    /// needs next are branches, and never the texture image's structure code.
-    fn midpoints(&self, structure: Tensor<4>, texture: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let e = &self.model.e;
-        if structure.dims() != texture.dims() {
-            return (e.midpoint(structure), e.midpoint(texture));
-        }
-        let b = structure.dims()[0];
-        let mid = e.midpoint(Tensor::cat(vec![structure, texture], 0));
-        (mid.clone().narrow(0, 0, b), mid.narrow(0, b, b))
     }
 
     /// The official `simple_swapping` evaluator: for each `α`,
@@ -183,8 +213,13 @@ impl<'a> Decoder<'a> {
     /// code is not computed, and images of one shape share one pass through the encoder's
     /// trunk.
     ///
+    /// A texture batch of 1 is mixed into every structure image (its code broadcasts).
+    ///
     /// # Panics
-    /// As [`Decoder::swap`] (the structure image also needs the texture branch's size here).
+    /// If an image is not RGB or too small for the encoder and its texture branch
+    /// ([`crate::EncoderConfig::min_input_size`]; both images need the texture branch here), or
+    /// if the texture batch is neither 1 nor the structure batch (Burn's shape error names
+    /// both).
     ///
     /// # Shapes
     /// - `structure`: `[batch, 3, h, w]`; `texture`: `[batch, 3, h', w']`
@@ -196,20 +231,26 @@ impl<'a> Decoder<'a> {
         alphas: &[f32],
     ) -> Vec<Tensor<4>> {
         let e = &self.model.e;
-        let (ms, mt) = self.midpoints(structure, texture);
-        let sp = e.structure_from_midpoint(ms.clone());
-        // Both texture codes from one pass through the texture branch where the midpoints
-        // have one shape (its last convolution's weight is the encoder's largest).
-        let (own, tgt) = if ms.dims() == mt.dims() {
-            let b = ms.dims()[0];
-            let both = e.texture_from_midpoint(Tensor::cat(vec![ms, mt], 0));
-            (both.clone().narrow(0, 0, b), both.narrow(0, b, b))
-        } else {
-            (e.texture_from_midpoint(ms), e.texture_from_midpoint(mt))
-        };
-        let src = Codes {
-            structure: sp,
-            texture: own,
+        let m = Midpoints::of(e, structure, texture);
+        let batch = m.batch;
+        let (src, tgt) = match m.texture {
+            // Both texture codes from one pass through the texture branch (its last
+            // convolution's weight is the encoder's largest).
+            None => {
+                let both = e.texture_from_midpoint(m.mid.clone());
+                let codes = Codes {
+                    structure: e.structure_from_midpoint(m.mid.narrow(0, 0, batch)),
+                    texture: both.clone().narrow(0, 0, batch),
+                };
+                (codes, both.narrow(0, batch, batch))
+            }
+            Some(texture) => {
+                let codes = Codes {
+                    structure: e.structure_from_midpoint(m.mid.clone()),
+                    texture: e.texture_from_midpoint(m.mid),
+                };
+                (codes, e.texture_from_midpoint(texture))
+            }
         };
         self.interpolate_codes(&src, tgt, alphas, None)
     }

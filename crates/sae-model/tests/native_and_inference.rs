@@ -234,55 +234,14 @@ fn interpolation_ends_are_reconstruction_and_swap() {
     assert!(diff < 1e-5);
 }
 
-/// `Decoder::swap` runs only the branches it uses (and one trunk pass for images of one
-/// shape); its output is still the decode of the structure image's structure code with the
-/// texture image's texture code, computed by the full encoder on each image alone. Checked on
-/// the default device to within f32 rounding (other backends' convolutions may sum a batch
-/// in another order) and, on Flex, to the bit: our kernels' per-image sums do not depend on
-/// the images beside them in the batch.
-#[test]
-fn swap_is_the_decode_of_the_codes_it_uses() {
+/// Runs `check(decoder, structure images, texture images, exact)` for texture images of the
+/// structure images' shape (the one-trunk-pass path) and of 160 px (one pass each), on the
+/// default device and, with `exact`, on Flex: there our kernels' per-image sums do not depend
+/// on the images beside them in the batch, so the fast paths must give the same bits.
+fn on_both_pair_paths(check: impl Fn(&mut Decoder, Tensor<4>, Tensor<4>, bool)) {
     let mut devices = vec![(Device::default(), false)];
     #[cfg(feature = "flex")]
     devices.push((Device::flex(), true));
-    for (device, exact) in devices {
-        let model: SwappingAutoencoder = tiny().init(&device);
-        let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
-        let xs = images(2, &device);
-        let other_size = |side: usize| {
-            Tensor::<4>::random(
-                [2, 3, side, side],
-                Distribution::Uniform(-1.0, 1.0),
-                &device,
-            )
-        };
-        for xt in [images(2, &device), other_size(160)] {
-            let full = dec.decode(
-                dec.encode(xs.clone()).structure,
-                Style::Global(dec.encode(xt.clone()).texture),
-            );
-            let swap = dec.swap(xs.clone(), xt);
-            if exact {
-                assert_eq!(swap.into_data(), full.into_data());
-            } else {
-                // Outputs of order 1: 1e-5 is a few f32 roundings of sums over ≤ 576 products.
-                let diff: f32 = (swap - full).abs().max().into_scalar();
-                assert!(diff < 1e-5, "swap vs full encodings: {diff}");
-            }
-        }
-    }
-}
-
-/// `Decoder::interpolate` is `interpolate_codes` on the full encodings of both images (the
-/// structure image's two codes, the texture image's texture code), whether the images share
-/// one pass through the trunk and the texture branch (one shape) or not (160 px): to the bit on
-/// Flex, within f32 rounding on the default device, as for the swap above.
-#[test]
-fn interpolate_is_the_mix_of_the_full_encodings() {
-    let mut devices = vec![(Device::default(), false)];
-    #[cfg(feature = "flex")]
-    devices.push((Device::flex(), true));
-    let alphas = [0.0, 0.5, 1.0];
     for (device, exact) in devices {
         let model: SwappingAutoencoder = tiny().init(&device);
         let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
@@ -290,21 +249,52 @@ fn interpolate_is_the_mix_of_the_full_encodings() {
         let other =
             Tensor::<4>::random([2, 3, 160, 160], Distribution::Uniform(-1.0, 1.0), &device);
         for xt in [images(2, &device), other] {
-            let src = dec.encode(xs.clone());
-            let full = dec.interpolate_codes(&src, dec.encode(xt.clone()).texture, &alphas, None);
-            let mixed = dec.interpolate(xs.clone(), xt, &alphas);
-            assert_eq!(mixed.len(), alphas.len());
-            for (m, f) in mixed.into_iter().zip(full) {
-                if exact {
-                    assert_eq!(m.into_data(), f.into_data());
-                } else {
-                    // As in the swap test: outputs of order 1, sums over ≤ 576 products.
-                    let diff: f32 = (m - f).abs().max().into_scalar();
-                    assert!(diff < 1e-5, "interpolate vs full encodings: {diff}");
-                }
-            }
+            check(&mut dec, xs.clone(), xt, exact);
         }
     }
+}
+
+/// `a == b` to the bit with `exact`, else within f32 rounding: other backends' convolutions
+/// may sum a batch in another order, and on outputs of order 1, 1e-5 is a few f32 roundings
+/// of sums over ≤ 576 products.
+fn assert_same(a: Tensor<4>, b: Tensor<4>, exact: bool, what: &str) {
+    if exact {
+        assert_eq!(a.into_data(), b.into_data(), "{what}");
+    } else {
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        assert!(diff < 1e-5, "{what}: {diff}");
+    }
+}
+
+/// `Decoder::swap` runs only the branches it uses (and one trunk pass for images of one
+/// shape); its output is still the decode of the structure image's structure code with the
+/// texture image's texture code, computed by the full encoder on each image alone.
+#[test]
+fn swap_is_the_decode_of_the_codes_it_uses() {
+    on_both_pair_paths(|dec, xs, xt, exact| {
+        let full = dec.decode(
+            dec.encode(xs.clone()).structure,
+            Style::Global(dec.encode(xt.clone()).texture),
+        );
+        assert_same(dec.swap(xs, xt), full, exact, "swap vs full encodings");
+    });
+}
+
+/// `Decoder::interpolate` is `interpolate_codes` on the full encodings of both images (the
+/// structure image's two codes, the texture image's texture code), on both paths: one pass
+/// through the trunk and the texture branch for both images, or one each.
+#[test]
+fn interpolate_is_the_mix_of_the_full_encodings() {
+    let alphas = [0.0, 0.5, 1.0];
+    on_both_pair_paths(|dec, xs, xt, exact| {
+        let src = dec.encode(xs.clone());
+        let full = dec.interpolate_codes(&src, dec.encode(xt.clone()).texture, &alphas, None);
+        let mixed = dec.interpolate(xs, xt, &alphas);
+        assert_eq!(mixed.len(), alphas.len());
+        for (m, f) in mixed.into_iter().zip(full) {
+            assert_same(m, f, exact, "interpolate vs full encodings");
+        }
+    });
 }
 
 /// Two batch sizes are refused with a message naming both (the swap's documented panic), on
@@ -316,4 +306,35 @@ fn swap_of_two_batch_sizes_names_them() {
     let model: SwappingAutoencoder = tiny().init(&device);
     let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
     dec.swap(images(2, &device), images(1, &device));
+}
+
+/// `Decoder::interpolate` with one texture image and two structure images mixes that texture
+/// into both (the texture code broadcasts), as its docs say: the same as giving the texture
+/// image once per structure image.
+#[test]
+fn interpolate_broadcasts_one_texture_image() {
+    let device = Device::default();
+    let model: SwappingAutoencoder = tiny().init(&device);
+    let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
+    let (xs, xt) = (images(2, &device), images(1, &device));
+    let one = dec.interpolate(xs.clone(), xt.clone(), &[0.5]);
+    let repeated = dec.interpolate(xs, Tensor::cat(vec![xt.clone(), xt], 0), &[0.5]);
+    assert_eq!(one[0].dims(), [2, 3, 128, 128]);
+    // Within f32 rounding: the repeated texture image runs through the trunk with the
+    // structure images (one batch), the single one alone.
+    let diff: f32 = (one[0].clone() - repeated[0].clone())
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(diff < 1e-5, "one texture image vs repeated: {diff}");
+}
+
+/// Any other two batch sizes are refused, naming both, as `Decoder::interpolate`'s docs say.
+#[test]
+#[should_panic(expected = "2 != 3")]
+fn interpolate_of_two_batch_sizes_names_them() {
+    let device = Device::default();
+    let model: SwappingAutoencoder = tiny().init(&device);
+    let mut dec = Decoder::new(&model, NoiseMode::Fixed(0));
+    dec.interpolate(images(2, &device), images(3, &device), &[0.5]);
 }
